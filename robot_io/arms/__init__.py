@@ -1,0 +1,1 @@
+"""Arms behind one interface: the MuJoCo simulated arm and real drivers (xArm)."""

@@ -1,0 +1,1 @@
+"""Cameras behind one interface: RealSense (live, playback, recording), webcam, image folder, simulator."""

@@ -1,0 +1,3 @@
+from rt2_cot.cli import main
+
+raise SystemExit(main())

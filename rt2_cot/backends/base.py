@@ -1,0 +1,46 @@
+"""The backend protocol: an image + instruction in, a stream of generated text chunks out.
+
+Backends only generate text under the action constraint; `rt2_cot.streaming` parses it into
+events and `rt2_cot.codec` decodes actions, so every backend is held to the same grammar.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+PromptStyle = Literal["cot", "plain"]
+
+
+@dataclass
+class GenerationRequest:
+    """One step's input.
+
+    `given_plan`: plan reuse. The backend feeds `Plan: {given_plan}. Action:` as given text
+    (one prefill, not token-by-token decoding) and generates only the action tokens; the stream
+    then starts after the action marker.
+    """
+
+    image: np.ndarray  # HxWx3 uint8 RGB
+    instruction: str
+    depth: np.ndarray | None = None  # HxW float32 metres, NaN = no reading
+    prompt_style: PromptStyle = "cot"
+    given_plan: str | None = None
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    seed: int | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield generated text chunks in order. Stops within one token once `stop` is set.
+
+        Raises BackendError (a user-facing message) if generation cannot happen at all.
+        """
+        ...
