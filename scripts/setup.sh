@@ -32,10 +32,12 @@ stamp=.venv/.setup-stamp
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: installing Python requirements" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
+  # The machine's pip config lists local wheel folders that may not exist; their warnings are noise.
+  pip_quiet() { .venv/bin/python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+  pip_quiet --upgrade pip
   # torch first and alone: the pinned CPU wheel must be in place before anything asks for torch.
-  .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
-  .venv/bin/python -m pip install -q -r requirements.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
+  pip_quiet "$(grep -E '^torch==' requirements.txt)"
+  pip_quiet -r requirements.txt
+  pip_quiet --no-deps -e .
   echo "$want" >"$stamp"
 fi
