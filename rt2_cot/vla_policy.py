@@ -1,0 +1,96 @@
+"""The VLA as a Policy: observation -> prompt -> constrained streamed generation -> action.
+
+Plan reuse: thinking in words is the slow part of a step, and a plan ("pick up the rock") holds for
+many steps. With `replan_every=N` the model writes a fresh plan on the first step of an episode,
+whenever the instruction changes, after a step that produced no action, and every N steps; on the
+other steps the previous plan is given in the prompt and only the eight action tokens are generated.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from rt2_cot.action_codec import ActionCodec
+from rt2_cot.backends.base import Backend, GenerationRequest
+from rt2_cot.errors import ConfigError
+from rt2_cot.events import Event
+from rt2_cot.policy import Observation, PolicyOutput
+from rt2_cot.prompts import get_template
+from rt2_cot.step import run_step
+
+
+class VLAPolicy:
+    """`Policy` over any Backend. `replan_every`: 1 = plan every step, N = every N steps, 0 = once."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        codec: ActionCodec | None = None,
+        prompt_style: str = "cot",
+        replan_every: int = 1,
+        temperature: float = 0.0,
+        max_new_tokens: int = 48,
+        seed: int | None = None,
+    ) -> None:
+        if replan_every < 0:
+            raise ConfigError(f"replan_every must be >= 0, got {replan_every}")
+        self.backend = backend
+        self.codec = codec or ActionCodec()
+        self.template = get_template(prompt_style)
+        self.prompt_style = prompt_style
+        self.replan_every = replan_every
+        self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
+        self.seed = seed
+        self.name = f"vla:{getattr(backend, 'name', type(backend).__name__)}"
+        self.stop_event = threading.Event()  # set by the loop or the console to cancel a step
+        self._instruction: str | None = None
+        self._plan: str | None = None
+        self._steps_since_plan = 0
+        self._steps = 0
+
+    @property
+    def plan(self) -> str | None:
+        return self._plan
+
+    def reset(self, instruction: str) -> None:
+        self._instruction = instruction
+        self._plan = None
+        self._steps_since_plan = 0
+        self._steps = 0
+        self.stop_event.clear()
+
+    def _needs_plan(self, instruction: str) -> bool:
+        if not self.template.has_plan:
+            return False  # the plain prompt never writes a plan; nothing to reuse
+        if instruction != self._instruction or self._plan is None:
+            return True
+        return self.replan_every > 0 and self._steps_since_plan >= self.replan_every
+
+    def step(self, observation: Observation, on_event: Callable[[Event], None] | None = None) -> PolicyOutput:
+        if observation.instruction != self._instruction:
+            self.reset(observation.instruction)
+        replan = self._needs_plan(observation.instruction)
+        frame = observation.frame
+        request = GenerationRequest(
+            image=frame.color,
+            depth=frame.depth_m(),
+            instruction=observation.instruction,
+            prompt_style=self.prompt_style,  # type: ignore[arg-type]
+            given_plan=None if replan or not self.template.has_plan else self._plan,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            seed=None if self.seed is None else self.seed + self._steps,
+        )
+        output = run_step(self.backend, request, self.codec, on_event=on_event, stop=self.stop_event)
+        self._steps += 1
+        if replan:
+            # A failed plan is not reused: the next step plans again.
+            self._plan = output.plan if output.command is not None and output.plan else None
+            self._steps_since_plan = 1
+        else:
+            self._steps_since_plan += 1
+        output.replanned = replan
+        output.extras.setdefault("step", observation.step)
+        return output
