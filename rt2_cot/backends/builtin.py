@@ -1,0 +1,446 @@
+"""The fast path for the built-in model (rt2-cot-mini): a tight greedy decode loop on the CPU.
+
+Same tokens as `model.generate()` under the runtime's action grammar (`rt2_cot.constrained`), in a
+fraction of the time. What makes it fast, each kept because it measurably helped (numbers in
+`rt2-cot bench` and the README):
+
+* No generate() machinery: one prefill pass, then one-token steps through the decoder layers with
+  a preallocated KV cache (no per-token torch.cat, no full-vocabulary logits, no processor lists).
+* Logits only over the tokens the grammar allows: the model's output vocabulary while planning, the
+  256 action rows of the tied embedding after the action marker; forced tokens (end of sequence
+  after the eighth integer) cost no forward pass at all.
+* Cached per prompt: token ids, their embeddings and attention masks, the action-row weights.
+  (The image comes first in the sequence, so the instruction's keys and values depend on the frame
+  and cannot be reused across steps: every step is one prefill of image + text.)
+* Plan reuse (`given_plan`): the plan and action marker are part of the prompt, so they cost one
+  prefill instead of token-by-token decoding; only the eight integers are decoded.
+* Drafts from the previous step (lossless speculative decoding): consecutive frames usually give
+  the same plan, so the previous step's output is appended to the prefill as a draft and checked in
+  the same pass; tokens are accepted only while they equal the greedy choice, and decoding goes on
+  one token at a time from the first disagreement. The output is the greedy output either way; a
+  plan every step then costs little more than plan reuse.
+* torch.inference_mode, 2 intra-op threads (this machine's cores).
+
+Tried and not kept by default: dynamic int8 quantisation of the linear layers changes the greedy
+tokens and was not faster at batch 1 (see `quantize=` and tests). Greedy decoding only for the
+speculative drafts; with temperature > 0 tokens are sampled one at a time without drafts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loguru import logger
+
+from rt2_cot.backends.base import GenerationRequest
+from rt2_cot.errors import BackendError, ModelLoadError
+
+_NEVER = -1e4  # the model's logit for tokens outside its output vocabulary (modeling_rt2_cot_mini)
+
+
+@dataclass
+class StepStats:
+    """What the last `stream` call did; the benchmark and tests read it."""
+
+    prefill_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+    decode_steps: int = 0
+    generated_ids: list[int] = field(default_factory=list)
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class _TextEmitter:
+    """Turns generated ids into text chunks exactly like `rt2_cot.constrained.ActionTextStreamer`:
+    plan text word by word (decoded by the tokenizer, so spacing matches), then ` {bin}` per
+    action token. The chunks add up to the text the transformers backend streams."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: list[int] = []
+        self.printed = 0
+
+    def plan_token(self, token_id: int) -> str:
+        self.cache.append(token_id)
+        text = self.tokenizer.decode(self.cache, skip_special_tokens=True)
+        if text.endswith("\n"):
+            out, self.cache, self.printed = text[self.printed :], [], 0
+            return out
+        cut = text.rfind(" ") + 1
+        out = text[self.printed : cut]
+        self.printed += len(out)
+        return out
+
+    def flush(self) -> str:
+        if not self.cache:
+            return ""
+        text = self.tokenizer.decode(self.cache, skip_special_tokens=True)
+        out = text[self.printed :]
+        self.cache, self.printed = [], 0
+        return out
+
+
+class BuiltinBackend:
+    """Backend protocol for rt2-cot-mini checkpoints, driven through the model's fast-path API."""
+
+    name = "builtin"
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        model=None,
+        processor=None,
+        num_threads: int | None = 2,
+        drafts: bool = True,
+        quantize: bool = False,
+        max_plan_tokens: int | None = None,
+    ) -> None:
+        """Load from a checkpoint folder (`path`) or wrap an already built `model` + `processor`.
+
+        `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
+        `quantize`: dynamic int8 linear layers (faster on some CPUs, but not token-identical).
+        `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
+        """
+        import rt2_cot.model as rt2_model  # registers the Auto classes
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        if model is None:
+            if path is None:
+                raise ModelLoadError("BuiltinBackend needs a checkpoint folder or a model")
+            model, processor = _load(Path(path))
+        if processor is None:
+            processor = rt2_model.Rt2CotMiniProcessor(
+                tokenizer=rt2_model.load_tokenizer(), image_size=model.config.image_size
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.drafts_enabled = drafts
+        self.max_plan_tokens = max_plan_tokens
+        self.last_stats = StepStats()
+        self._lock = threading.Lock()
+        self._draft: dict[tuple, list[int]] = {}
+        self._prompt_cache: dict[tuple, tuple[list[int], torch.Tensor]] = {}
+        self._spec_cache: dict[tuple, object] = {}
+        self._mask_cache: dict[int, torch.Tensor | None] = {}
+        if quantize:
+            self.model = torch.ao.quantization.quantize_dynamic(
+                self.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self._setup_tables()
+        self._custom_layers = self._check_custom_layers()
+
+    # -- one-time tables ---------------------------------------------------------------------------
+    def _setup_tables(self) -> None:
+        from rt2_cot.token_map import detect_token_map
+
+        m = self.model
+        cfg = m.config
+        self.n_img = int(cfg.num_image_tokens)
+        self.hidden = int(cfg.hidden_size)
+        self.n_head = int(cfg.num_attention_heads)
+        self.token_map = detect_token_map(self.tokenizer)
+        with torch.inference_mode():
+            out_ids = m.output_token_ids.tolist()
+            order = sorted(range(len(out_ids)), key=lambda i: out_ids[i])
+            # Sorted by vocabulary id so argmax breaks ties like generate() over the full vocabulary.
+            self.out_ids = torch.tensor([out_ids[i] for i in order], dtype=torch.long)
+            weight = m.word_embeddings.weight
+            self.out_w = weight[self.out_ids].contiguous()
+            self.out_b = m.output_bias[torch.tensor(order)].contiguous()
+            self.out_pos = {int(t): i for i, t in enumerate(self.out_ids.tolist())}
+            # Action rows, sorted by vocabulary id (tie order) with the bin each carries.
+            act = sorted(self.token_map.ids)
+            self.act_ids = torch.tensor(act, dtype=torch.long)
+            rows = [self.out_pos.get(t) for t in act]
+            self.act_w = torch.stack(
+                [self.out_w[r] if r is not None else torch.zeros(self.hidden) for r in rows]
+            ).contiguous()
+            self.act_b = torch.tensor(
+                [float(self.out_b[r]) if r is not None else _NEVER for r in rows], dtype=self.out_w.dtype
+            )
+            self.act_in_vocab = torch.tensor([r is not None for r in rows])
+        self._plan_allowed: dict[tuple, torch.Tensor] = {}
+
+    def _spec(self, style: str, given_plan: bool, max_new_tokens: int):
+        from rt2_cot.constrained import DEFAULT_MAX_PLAN_TOKENS, GrammarSpec
+
+        key = (style, given_plan, max_new_tokens)
+        if key not in self._spec_cache:
+            self._spec_cache[key] = GrammarSpec.for_tokenizer(
+                self.tokenizer,
+                self.token_map,
+                style=style,
+                given_plan=given_plan,
+                max_new_tokens=max_new_tokens,
+                max_plan_tokens=self.max_plan_tokens or DEFAULT_MAX_PLAN_TOKENS,
+                eos_id=int(self.model.config.eos_token_id),
+            )
+        return self._spec_cache[key]
+
+    def _plan_mask(self, spec, plan_empty: bool) -> torch.Tensor:
+        """Which output-vocabulary rows the grammar allows while planning (bool over out_ids)."""
+        key = (id(spec), plan_empty)
+        if key not in self._plan_allowed:
+            banned = set(spec.banned_in_plan) | (set(spec.banned_as_plan_start) if plan_empty else set())
+            limit = spec.text_vocab_size or 1 << 62
+            self._plan_allowed[key] = torch.tensor(
+                [t < limit and t not in banned for t in self.out_ids.tolist()], dtype=torch.bool
+            )
+        return self._plan_allowed[key]
+
+    # -- prompt -----------------------------------------------------------------------------------
+    def _prompt(self, style: str, instruction: str, given_plan: str | None) -> tuple[list[int], torch.Tensor]:
+        """Token ids and embeddings of the prompt text (cached: they do not change between steps)."""
+        key = (style, instruction, given_plan)
+        hit = self._prompt_cache.get(key)
+        if hit is None:
+            from rt2_cot.prompts import build_prompt
+
+            ids = self.processor.encode_text(build_prompt(style, instruction, given_plan))
+            with torch.inference_mode():
+                emb = self.model.embed_text(torch.tensor([ids]))
+            if len(self._prompt_cache) > 64:
+                self._prompt_cache.clear()
+            hit = self._prompt_cache[key] = (ids, emb)
+        return hit
+
+    def _image_prefix(self, image: np.ndarray) -> torch.Tensor:
+        from rt2_cot.model import pixels_from_uint8, resize_image
+
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] < 3:
+            raise BackendError(f"image must be HxWx3 RGB, got shape {arr.shape}")
+        pixels = pixels_from_uint8(resize_image(arr, self.model.config.image_size)[None])
+        return self.model.encode_image(pixels)
+
+    # -- the decoder with a preallocated KV cache -----------------------------------------------------
+    def _alloc(self, length: int) -> None:
+        head_dim = self.hidden // self.n_head
+        size = max(256, 1 << (length - 1).bit_length())
+        if getattr(self, "_kv_size", 0) < size:
+            dtype = self.out_w.dtype
+            shape = (1, self.n_head, size, head_dim)
+            self._k = [torch.zeros(shape, dtype=dtype) for _ in self.model.layers]
+            self._v = [torch.zeros(shape, dtype=dtype) for _ in self.model.layers]
+            self._kv_size = size
+
+    def _mask(self, total_new: int) -> torch.Tensor | None:
+        from rt2_cot.model.modeling_rt2_cot_mini import attention_mask_for
+
+        if total_new not in self._mask_cache:
+            self._mask_cache[total_new] = attention_mask_for(
+                self.n_img, 0, total_new, None, torch.device("cpu")
+            )
+        return self._mask_cache[total_new]
+
+    def _run(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Decoder layers over `x` (1, T, d) at positions start..start+T, writing K/V into the cache.
+
+        The same operations, in the same order, as the model's DecoderLayer (dropout is identity in
+        eval), so hidden states match the transformers path bit for bit.
+        """
+        b, t, d = x.shape
+        end = start + t
+        hd = d // self.n_head
+        for i, layer in enumerate(self.model.layers):
+            q, k, v = layer.qkv(x).view(b, t, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)
+            kb, vb = self._k[i], self._v[i]
+            kb[:, :, start:end] = k
+            vb[:, :, start:end] = v
+            a = F.scaled_dot_product_attention(q, kb[:, :, :end], vb[:, :, :end], attn_mask=mask)
+            x = layer.attn_norm(x + layer.attn_out(a.transpose(1, 2).reshape(b, t, d)))
+            x = layer.ff_norm(x + layer.ff_out(F.gelu(layer.ff_in(x))))
+        return x
+
+    def _run_reference(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Fallback through the model's own layers + DynamicCache (if its layer API changed)."""
+        from transformers import DynamicCache
+
+        if start == 0:
+            self._ref_cache = DynamicCache()
+        elif self._ref_cache.get_seq_length() > start:
+            self._ref_cache.crop(start)
+        return self.model.run_layers(x, mask, self._ref_cache)
+
+    def _layers(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+        if self._custom_layers:
+            return self._run(x, start, mask)
+        return self._run_reference(x, start, mask)
+
+    def _check_custom_layers(self) -> bool:
+        """Use the hand-rolled layer loop only if it reproduces the model's own prefill exactly."""
+        try:
+            with torch.inference_mode():
+                ids = torch.tensor([self.processor.encode_text("instruction : pick up the rock")])
+                prefix = torch.randn(1, self.n_img, self.hidden, generator=torch.Generator().manual_seed(0))
+                want, _ = self.model.prefill(prefix, ids)
+                x = torch.cat([prefix, self.model.embed_text(ids)], dim=1)
+                self._alloc(x.shape[1])
+                h = self._run(x, 0, self._mask(x.shape[1]))
+                got = F.linear(h[:, -1], self.out_w, self.out_b)
+                want_sorted = want[:, torch.argsort(self.model.output_token_ids)]
+                ok = bool(torch.allclose(got, want_sorted, rtol=0, atol=1e-5))
+        except Exception as exc:  # the model's internals moved: use its own API instead
+            logger.warning("builtin fast path: custom layer loop unavailable ({}); using model layers", exc)
+            return False
+        if not ok:
+            logger.warning(
+                "builtin fast path: custom layer loop disagrees with the model; using model layers"
+            )
+        return ok
+
+    # -- choosing tokens ------------------------------------------------------------------------------
+    def _choose(
+        self, state, hidden: torch.Tensor, request: GenerationRequest, gen: torch.Generator | None
+    ) -> int:
+        """Next token under the grammar from the last hidden state (1, d)."""
+        from rt2_cot.constrained import Phase
+        from rt2_cot.streaming import clean_plan
+
+        forced = state.forced_id()
+        if forced is not None:
+            return int(forced)
+        if state.phase is Phase.ACTION:
+            logits = F.linear(hidden, self.act_w, self.act_b)[0]
+            ids = self.act_ids
+        else:
+            logits = F.linear(hidden, self.out_w, self.out_b)[0]
+            mask = self._plan_mask(state.spec, plan_empty=not clean_plan(state.plan_text))
+            logits = logits.masked_fill(~mask, float("-inf"))
+            ids = self.out_ids
+        if request.temperature and request.temperature > 0:
+            probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+            return int(ids[int(torch.multinomial(probs, 1, generator=gen))])
+        return int(ids[int(torch.argmax(logits))])
+
+    # -- the Backend protocol ---------------------------------------------------------------------------
+    def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
+        with self._lock:
+            yield from self._stream(request, stop)
+
+    def _stream(self, request: GenerationRequest, stop: threading.Event | None) -> Iterator[str]:
+        from rt2_cot.constrained import Phase
+
+        style = request.prompt_style
+        spec = self._spec(style, request.given_plan is not None, request.max_new_tokens)
+        state = spec.new_state()
+        greedy = not (request.temperature and request.temperature > 0)
+        gen = (
+            None if greedy else torch.Generator().manual_seed(request.seed if request.seed is not None else 0)
+        )
+        stats = self.last_stats = StepStats()
+        emitter = _TextEmitter(self.tokenizer)
+        draft_key = (style, request.instruction, request.given_plan, request.max_new_tokens)
+        budget = spec.max_new_tokens
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            prefix = self._image_prefix(request.image)
+            t1 = time.perf_counter()
+            prompt_ids, prompt_emb = self._prompt(style, request.instruction, request.given_plan)
+            draft = list(self._draft.get(draft_key, ())) if (greedy and self.drafts_enabled) else []
+            if not draft and state.forced_id() is not None:
+                # Forced opening tokens ("Plan:") are known: feed them with the prompt.
+                draft = list(spec.plan_marker_ids)
+            draft = draft[: budget - 1]
+            parts = [prefix, prompt_emb]
+            if draft:
+                start = len(prompt_ids)
+                parts.append(self.model.embed_text(torch.tensor([draft]), start=start))
+            x = torch.cat(parts, dim=1)
+            total = x.shape[1]
+            self._alloc(total + budget + 1)
+            h = self._layers(x, 0, self._mask(total))
+            n_prompt = self.n_img + len(prompt_ids)
+            stats.prefill_tokens, stats.draft_tokens = total, len(draft)
+            t2 = time.perf_counter()
+            stats.vision_ms, stats.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+            generated: list[int] = []
+            # Walk the draft: position n_prompt-1+i predicts token i; accept while it matches.
+            i = 0
+            while True:
+                token = self._choose(state, h[:, n_prompt - 1 + i], request, gen)
+                generated.append(token)
+                phase = state.phase
+                state.advance(token)
+                yield from self._emit(emitter, phase, token)
+                if i < len(draft) and token == draft[i] and state.phase not in (Phase.EOS, Phase.DONE):
+                    i += 1
+                    continue
+                break
+            stats.accepted_draft_tokens = i
+            length = n_prompt + i  # cache holds prompt + accepted draft; `token` is not fed yet
+
+            while state.phase not in (Phase.EOS, Phase.DONE) and len(generated) < budget:
+                if stop is not None and stop.is_set():
+                    return
+                x = self.model.embed_text(torch.tensor([[token]]), start=length - self.n_img)
+                h = self._layers(x, length, None)
+                length += 1
+                stats.decode_steps += 1
+                token = self._choose(state, h[:, -1], request, gen)
+                generated.append(token)
+                phase = state.phase
+                state.advance(token)
+                yield from self._emit(emitter, phase, token)
+            stats.decode_ms = (time.perf_counter() - t2) * 1e3
+            rest = emitter.flush()
+            if rest:
+                yield rest
+            stats.generated_ids = generated
+            if greedy:
+                # The next frame's draft: everything up to end of sequence.
+                self._draft[draft_key] = [t for t in generated if t != spec.eos_id]
+                if len(self._draft) > 16:
+                    self._draft.pop(next(iter(self._draft)))
+
+    def _emit(self, emitter: _TextEmitter, phase, token: int) -> Iterator[str]:
+        from rt2_cot.constrained import Phase
+
+        if phase is Phase.ACTION:
+            rest = emitter.flush()
+            if rest:
+                yield rest
+            yield f" {self.token_map.bin_of(token)}"
+        elif phase not in (Phase.EOS, Phase.DONE):
+            text = emitter.plan_token(token)
+            if text:
+                yield text
+
+    def reset_drafts(self) -> None:
+        """Forget previous outputs (drafts); the next step decodes from scratch."""
+        self._draft.clear()
+
+
+def _load(path: Path):
+    """Checkpoint folder -> (model, processor); ModelLoadError with what to do otherwise."""
+    from rt2_cot.model import (
+        Rt2CotMiniForConditionalGeneration,
+        Rt2CotMiniProcessor,
+        load_tokenizer,
+    )
+
+    if not path.is_dir() or not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is not an rt2-cot-mini checkpoint folder (no config.json)")
+    try:
+        model = Rt2CotMiniForConditionalGeneration.from_pretrained(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the built-in model from {path}: {exc}") from exc
+    try:
+        processor = Rt2CotMiniProcessor.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError):
+        processor = Rt2CotMiniProcessor(tokenizer=load_tokenizer(), image_size=model.config.image_size)
+    return model, processor
