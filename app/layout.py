@@ -126,11 +126,11 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                         )
                         with gr.Row():
                             replan = gr.Slider(
-                                1,
+                                0,
                                 20,
                                 value=runtime.replan_every,
                                 step=1,
-                                label="Re-plan every N steps",
+                                label="Re-plan every N steps (0 = once per command)",
                                 elem_id="replan",
                             )
                             max_steps = gr.Number(

@@ -99,8 +99,8 @@ def resolve_auth(
 def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ConsoleOptions:
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
-    if args.replan_every < 1:
-        raise ConfigError("--replan-every must be >= 1")
+    if args.replan_every < 0:
+        raise ConfigError("--replan-every must be >= 0 (0 = plan once per command)")
     if args.rate_hz <= 0 or args.preview_hz <= 0:
         raise ConfigError("--rate-hz and --preview-hz must be positive")
     return ConsoleOptions(

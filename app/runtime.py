@@ -385,8 +385,9 @@ class ConsoleRuntime:
         logger.info("E-stop reset by {}", name)
 
     def set_replan_every(self, n: int) -> int:
-        """Plan reuse: the policy re-plans every `n` steps (and whenever the instruction changes)."""
-        n = max(1, int(n))
+        """Plan reuse: the policy re-plans every `n` steps and whenever the instruction changes
+        (0 = once per instruction)."""
+        n = max(0, int(n))
         self._replan_every = n
         if hasattr(self.policy, "replan_every"):
             self.policy.replan_every = n
