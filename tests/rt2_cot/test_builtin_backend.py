@@ -1,0 +1,181 @@
+"""The built-in fast path must give exactly the tokens of transformers `generate()` under the
+runtime's action grammar, for a randomly initialised rt2-cot-mini (speed and equality do not
+depend on trained weights), with and without drafts from the previous step."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip(
+    "rt2_cot.constrained", reason="the runtime's grammar (rt2_cot.constrained) has not landed"
+)
+
+import rt2_cot.model as rt2_model
+from rt2_cot.backends.base import GenerationRequest
+from rt2_cot.backends.builtin import BuiltinBackend
+from rt2_cot.constrained import ActionGrammarProcessor
+from rt2_cot.errors import ModelLoadError
+from rt2_cot.prompts import build_prompt
+from rt2_cot.streaming import StreamParser
+
+WORDS = [
+    *[
+        "plan",
+        "pick",
+        "up",
+        "the",
+        "rock",
+        "can",
+        "apple",
+        "block",
+        "red",
+        "blue",
+        "green",
+        "near",
+        "move",
+        "to",
+        "left",
+        "of",
+        "action",
+    ],
+    ":",
+    ".",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint."""
+    torch.manual_seed(0)
+    tok = rt2_model.load_tokenizer()
+    ids = sorted(set(tok.convert_tokens_to_ids([*WORDS, *(str(i) for i in range(256)), "[SEP]"])))
+    model = rt2_model.Rt2CotMiniForConditionalGeneration(
+        rt2_model.Rt2CotMiniConfig(output_token_ids=ids)
+    ).eval()
+    model.load_pretrained_parts()
+    path = tmp_path_factory.mktemp("rt2-cot-mini-random")
+    model.save_pretrained(path)
+    rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoint):
+    return BuiltinBackend(checkpoint)
+
+
+def frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random((240, 320, 3)) * 255).astype(np.uint8) for _ in range(n)]
+
+
+def reference_ids(backend: BuiltinBackend, request: GenerationRequest) -> list[int]:
+    """transformers generate() with the runtime's grammar processor, greedy."""
+    spec = backend._spec(request.prompt_style, request.given_plan is not None, request.max_new_tokens)
+    text = build_prompt(request.prompt_style, request.instruction, request.given_plan)
+    inputs = backend.processor(images=request.image, text=text)
+    n = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        out = backend.model.generate(
+            **inputs,
+            logits_processor=[ActionGrammarProcessor(spec, n)],
+            max_new_tokens=spec.max_new_tokens,
+            do_sample=False,
+        )
+    return [t for t in out[0, n:].tolist() if t != spec.eos_id]
+
+
+def run(backend: BuiltinBackend, request: GenerationRequest) -> tuple[str, list[int]]:
+    text = "".join(backend.stream(request))
+    return text, list(backend.last_stats.generated_ids)
+
+
+def test_custom_layer_loop_is_in_use(backend):
+    assert backend._custom_layers  # otherwise the fast path silently fell back to the model's layers
+
+
+@pytest.mark.parametrize(
+    ("style", "given_plan"), [("cot", None), ("cot", "pick up the red block"), ("plain", None)]
+)
+def test_greedy_tokens_equal_generate(backend, style, given_plan):
+    backend.reset_drafts()
+    for image in frames(3, seed=len(style)):
+        request = GenerationRequest(
+            image=image, instruction="pick up the rock", prompt_style=style, given_plan=given_plan
+        )
+        _text, ids = run(backend, request)
+        assert ids == reference_ids(backend, request)
+        assert len([t for t in ids if backend.token_map.bin_of(t) is not None]) >= 8
+
+
+def test_drafts_are_lossless_and_skip_decoding_when_the_frame_repeats(backend):
+    fast = backend
+    fast.reset_drafts()
+    plain = BuiltinBackend(model=backend.model, processor=backend.processor, drafts=False)
+    images = frames(4, seed=7)
+    sequence = [images[0], images[0], images[1], images[2], images[2], images[3]]
+    for image in sequence:
+        request = GenerationRequest(image=image, instruction="move the can near the apple")
+        assert run(fast, request) == run(plain, request)
+    # The same frame twice: the whole previous output is the draft and every token is accepted.
+    request = GenerationRequest(image=images[3], instruction="move the can near the apple")
+    run(fast, request)
+    stats = fast.last_stats
+    assert stats.decode_steps == 0 and stats.accepted_draft_tokens == stats.draft_tokens - 1
+    assert plain.last_stats.decode_steps > 8
+
+
+def test_text_parses_into_an_action_and_differs_between_images(backend):
+    backend.reset_drafts()
+    outputs = []
+    for image in frames(2, seed=3):
+        request = GenerationRequest(
+            image=image, instruction="pick up the rock", given_plan="pick up the rock"
+        )
+        text, _ = run(backend, request)
+        parser = StreamParser("cot", given_plan="pick up the rock")
+        events = parser.feed(text) + parser.finish()
+        complete = [e for e in events if type(e).__name__ == "ActionComplete"]
+        assert len(complete) == 1, (text, events)
+        outputs.append(complete[0].tokens)
+    assert outputs[0] != outputs[1]  # the model looks at the image
+
+
+def test_text_matches_the_transformers_backend(checkpoint, backend):
+    tb = pytest.importorskip("rt2_cot.backends.transformers_backend", reason="TransformersBackend not landed")
+    reference = tb.TransformersBackend(str(checkpoint))
+    for image in frames(2, seed=11):
+        for given_plan in (None, "pick up the rock"):
+            request = GenerationRequest(image=image, instruction="pick up the rock", given_plan=given_plan)
+            assert "".join(backend.stream(request)) == "".join(reference.stream(request))
+
+
+def test_stop_event_ends_generation_early(backend):
+    backend.reset_drafts()
+    stop = threading.Event()
+    chunks = []
+    request = GenerationRequest(image=frames(1, seed=5)[0], instruction="pick up the rock")
+    for chunk in backend.stream(request, stop):
+        chunks.append(chunk)
+        stop.set()
+    assert len(chunks) <= 2
+    assert backend.last_stats.decode_steps <= 1
+
+
+def test_sampling_is_seeded_and_valid(backend):
+    request = GenerationRequest(
+        image=frames(1, seed=9)[0], instruction="pick up the rock", temperature=1.0, seed=3
+    )
+    a, b = run(backend, request), run(backend, request)
+    assert a == b
+    parser = StreamParser("cot")
+    assert any(type(e).__name__ == "ActionComplete" for e in parser.feed(a[0]) + parser.finish())
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="not an rt2-cot-mini checkpoint"):
+        BuiltinBackend(tmp_path)
