@@ -66,16 +66,24 @@ class FrozenEfficientNetLite0(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels -> (stride-16 map (B, 112, 8, 8), stride-32 head map (B, 1280, 4, 4)); compact to cache."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(pixel_values)))
         for i, block in enumerate(net._blocks):
             x = block(x)
             if i == _STRIDE16_BLOCK:
                 fine = x
-        coarse = net._swish(net._bn1(net._conv_head(x)))
+        return fine, net._swish(net._bn1(net._conv_head(x)))
+
+    @staticmethod
+    def combine(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Both maps -> (B, HW, 112 + 1280): the head map upsampled onto the stride-16 grid."""
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
-        return torch.cat([fine, coarse], dim=1).flatten(2).transpose(1, 2)  # (B, HW, C)
+        return torch.cat([fine, coarse], dim=1).flatten(2).transpose(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.combine(*self.maps(pixel_values))
 
 
 class ImageProjector(nn.Module):
@@ -158,7 +166,7 @@ class Rt2CotMiniPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _supports_sdpa = True
     # The frozen backbone loads from its installed package, not from the checkpoint.
-    _keys_to_ignore_on_load_missing = [r"^vision\."]
+    _keys_to_ignore_on_load_missing = (r"^vision\.",)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, FrozenEfficientNetLite0):

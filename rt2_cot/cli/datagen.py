@@ -1,0 +1,37 @@
+"""`rt2-cot datagen --out DIR --episodes N [--seed S]`: oracle episodes + vision-language questions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for the shards (created; existing shards are kept)"
+    )
+    parser.add_argument("--episodes", type=int, required=True, help="number of oracle episodes to run")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed; run several seeds in parallel into one folder"
+    )
+    parser.add_argument("--episodes-per-shard", type=int, default=50)
+    parser.add_argument("--max-steps", type=int, default=80, help="cap on steps per episode")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rt2_cot.data.datagen import DatagenConfig, generate
+    from rt2_cot.errors import ConfigError
+
+    if args.episodes < 1:
+        raise ConfigError("--episodes must be at least 1")
+    cfg = DatagenConfig(
+        episodes=args.episodes,
+        seed=args.seed,
+        episodes_per_shard=args.episodes_per_shard,
+        max_steps=args.max_steps,
+    )
+    totals = generate(args.out, cfg)
+    print(json.dumps({"out": str(args.out), **totals}), file=sys.stdout)
+    return 0

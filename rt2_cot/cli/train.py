@@ -1,0 +1,26 @@
+"""`rt2-cot train --config FILE --out DIR`: co-fine-tune the built-in model (re-run to resume)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, required=True, help="training config YAML (see configs/default.yaml)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run folder: state.pt, loss.png, checkpoint/")
+    parser.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rt2_cot.training import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.steps is not None:
+        cfg.steps = args.steps
+    summary = train(cfg, args.out)
+    print(json.dumps(summary))
+    return 0

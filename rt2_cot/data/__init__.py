@@ -1,0 +1,1 @@
+"""Training data for the built-in model: simulator episodes, vision-language questions, datasets."""

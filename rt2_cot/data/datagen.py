@@ -1,0 +1,291 @@
+"""`rt2-cot datagen`: oracle episodes from the MuJoCo tabletop plus vision-language questions about
+the same scenes, written as shards (see `rt2_cot.data.format`).
+
+Robot data: per step, the frame (rendered at the sim camera's aspect and squashed to 128x128 exactly
+as the processor does at inference), the instruction, the oracle's plan and its command encoded by
+`ActionCodec` (deltas clipped to the per-step limit). Only `split="train"` tasks are generated, so the
+held-out phrasings, objects, backgrounds and distractor counts of `robot_io.sim.tasks` stay unseen.
+
+Vision-language data (RT-2's co-training half, at toy scale): questions answered from privileged
+scene state - colours, object classes, sizes, positions, symbols and numbers on the table, counting -
+plus text-only arithmetic and word-meaning questions ("what could you hammer a nail with").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from robot_io.errors import RobotIOError
+from rt2_cot.action_codec import ActionCodec
+from rt2_cot.data import format as fmt
+from rt2_cot.model.processing_rt2_cot_mini import resize_image
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CLASS_QUESTIONS = {
+    "drink": ("which object could you drink", "what would quench my thirst"),
+    "fruit": ("which object is a fruit", "what could i eat"),
+    "tool": ("what could you hammer a nail with", "which object is hard like a hammer"),
+    "toy": ("which object is a toy",),
+}
+
+
+@dataclass
+class DatagenConfig:
+    episodes: int
+    seed: int = 0
+    render_width: int = 320  # the sim camera's default frame (4:3); squashed to 128x128 as camera frames are
+    render_height: int = 240
+    max_steps: int = 80
+    episodes_per_shard: int = 50
+    vl_frames_per_episode: int = 3  # frames per episode that get questions (the first always does)
+    keep_failed: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision-language questions from privileged state
+# ---------------------------------------------------------------------------------------------
+def scene_questions(
+    objects: list, tiles: list, rng: np.random.Generator, initial: bool
+) -> list[tuple[str, str, str]]:
+    """(question, answer, kind) about one scene. `objects` are robot_io.sim.scene.SceneObject (name,
+    kind, colour, cls, size, position), `tiles` are Tile (name, kind, position). Position questions
+    only for `initial` frames, where reset's positions still hold."""
+    qs: list[tuple[str, str, str]] = []
+    names = [o.name for o in objects]
+    by_colour: dict[str, list] = {}
+    by_class: dict[str, list] = {}
+    for o in objects:
+        by_colour.setdefault(o.colour, []).append(o)
+        by_class.setdefault(o.cls, []).append(o)
+    for o in objects:
+        # Colour of a thing named by kind ("apple", or "block" when only one block is present).
+        same_kind = [p for p in objects if p.kind == o.kind]
+        if len(same_kind) == 1:
+            qs.append((f"what colour is the {o.kind}", o.colour, "colour"))
+            qs.append(
+                (
+                    f"what kind of object is the {o.colour} one"
+                    if len(by_colour[o.colour]) == 1
+                    else f"is there a {o.kind} on the table",
+                    o.kind if len(by_colour[o.colour]) == 1 else "yes",
+                    "class",
+                )
+            )
+    for colour, objs in by_colour.items():
+        if len(objs) == 1:
+            qs.append((f"which object is {colour}", objs[0].name, "colour"))
+    for cls, objs in by_class.items():
+        if len(objs) == 1 and cls in CLASS_QUESTIONS:
+            q = CLASS_QUESTIONS[cls][int(rng.integers(len(CLASS_QUESTIONS[cls])))]
+            qs.append((q, objs[0].name, "semantic"))
+    sizes = sorted(objects, key=lambda o: o.size)
+    if len(sizes) >= 2 and sizes[1].size - sizes[0].size > 0.003:
+        qs.append(("which object is the smallest", sizes[0].name, "size"))
+    if len(sizes) >= 2 and sizes[-1].size - sizes[-2].size > 0.003:
+        qs.append(("which object is the largest", sizes[-1].name, "size"))
+    qs.append(("how many objects are on the table", NUMBER_WORDS[min(len(objects), 9)], "count"))
+    absent = _absent_object(names, rng)
+    if absent:
+        qs.append((f"is there a {absent} on the table", "no", "class"))
+    qs.append((f"is there a {names[int(rng.integers(len(names)))]} on the table", "yes", "class"))
+    symbols = [t for t in tiles if t.kind == "symbol"]
+    numbers = [t for t in tiles if t.kind == "number"]
+    if len(symbols) == 1:
+        qs.append(("which symbol is on the table", symbols[0].name, "symbol"))
+    if len(numbers) == 1:
+        qs.append(("which number is on the table", numbers[0].name, "symbol"))
+    if initial:
+        # Base frame: +x away from the robot, +y to the robot's left.
+        if len(objects) >= 2:
+            xs = sorted(objects, key=lambda o: o.position[0])
+            ys = sorted(objects, key=lambda o: o.position[1])
+            if xs[1].position[0] - xs[0].position[0] > 0.03:
+                qs.append(("which object is closest to the robot", xs[0].name, "position"))
+            if xs[-1].position[0] - xs[-2].position[0] > 0.03:
+                qs.append(("which object is farthest from the robot", xs[-1].name, "position"))
+            if ys[-1].position[1] - ys[-2].position[1] > 0.03:
+                qs.append(("which object is furthest to the left", ys[-1].name, "position"))
+            if ys[1].position[1] - ys[0].position[1] > 0.03:
+                qs.append(("which object is furthest to the right", ys[0].name, "position"))
+        for t in tiles:
+            d = sorted(
+                (np.hypot(o.position[0] - t.position[0], o.position[1] - t.position[1]), o.name)
+                for o in objects
+            )
+            if len(d) == 1 or d[1][0] - d[0][0] > 0.03:
+                label = f"the number {t.name}" if t.kind == "number" else f"the {t.name}"
+                qs.append((f"which object is closest to {label}", d[0][1], "position"))
+    return qs
+
+
+def _absent_object(present: list[str], rng: np.random.Generator) -> str | None:
+    from robot_io.sim.scene import all_object_names
+
+    candidates = [n for n in all_object_names(include_heldout=False) if n not in present]
+    return candidates[int(rng.integers(len(candidates)))] if candidates else None
+
+
+def text_questions(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+    """Image-free questions that the reasoning families lean on: arithmetic and number words."""
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.7:
+            op = "plus" if rng.random() < 0.6 else "minus"
+            while True:
+                a, b = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+                r = a + b if op == "plus" else a - b
+                if 1 <= r <= 9:
+                    break
+            words = rng.random() < 0.7
+            sa, sb = (NUMBER_WORDS[a], NUMBER_WORDS[b]) if words else (str(a), str(b))
+            q = ["what is {a} {op} {b}", "what is the sum of {a} {op} {b}", "what number is {a} {op} {b}"][
+                int(rng.integers(3))
+            ]
+            out.append((q.format(a=sa, op=op, b=sb), str(r), "arithmetic"))
+        else:
+            k = int(rng.integers(1, 10))
+            out.append((f"which digit is the number {NUMBER_WORDS[k]}", str(k), "arithmetic"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Episodes
+# ---------------------------------------------------------------------------------------------
+def _scene_state(sim) -> tuple[list, list]:
+    """The sim's current scene objects and tiles (privileged state for the questions)."""
+    objects = getattr(sim, "objects", None)
+    tiles = getattr(sim, "tiles", None)
+    if objects is None and hasattr(sim, "scene"):
+        objects, tiles = getattr(sim.scene, "objects", []), getattr(sim.scene, "tiles", [])
+    return list(objects or []), list(tiles or [])
+
+
+def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) -> dict:
+    sim.reset(task, seed=seed)
+    objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
+    images, actions, plans = [], [], []
+    for _ in range(cfg.max_steps):
+        frame = sim.render(cfg.render_width, cfg.render_height)
+        command, plan = sim.oracle()
+        images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
+        actions.append(codec.encode(command))
+        plans.append(plan or task.plan)
+        if command.terminate:
+            break
+        sim.apply(command)
+    return {
+        "images": images,
+        "actions": actions,
+        "plans": plans,
+        "success": bool(sim.success()),
+        "objects": objects,
+        "tiles": tiles,
+    }
+
+
+def generate(out: Path, cfg: DatagenConfig) -> dict:
+    """Write `cfg.episodes` oracle episodes (+ questions) to `out`; skips shards already written."""
+    from robot_io.sim.env import SimConfig, TabletopSim
+    from robot_io.sim.tasks import sample_task
+
+    out.mkdir(parents=True, exist_ok=True)
+    codec = ActionCodec()
+    sim = TabletopSim(SimConfig())
+    n_shards = (cfg.episodes + cfg.episodes_per_shard - 1) // cfg.episodes_per_shard
+    totals = {"episodes": 0, "frames": 0, "failed": 0, "vl": 0}
+    t0 = time.time()
+    for k in range(n_shards):
+        stem = out / f"shard-{cfg.seed:04d}-{k:04d}"
+        if stem.with_suffix(".npz").exists():
+            logger.info(f"{stem.name} exists, skipping")
+            continue
+        rng = np.random.default_rng([cfg.seed, k])
+        images, actions, episode_ids, frames, episodes, vl = [], [], [], [], [], []
+        n_ep = min(cfg.episodes_per_shard, cfg.episodes - k * cfg.episodes_per_shard)
+        for _ in range(n_ep):
+            task = sample_task(rng, split="train")
+            ep_seed = int(rng.integers(2**31))
+            try:
+                result = run_episode(sim, task, ep_seed, cfg, codec)
+            except RobotIOError as exc:  # a layout that cannot be built: count it and move on
+                logger.warning(f"episode skipped ({task.family}, seed {ep_seed}): {exc}")
+                totals["failed"] += 1
+                continue
+            if not result["success"] and not cfg.keep_failed:
+                totals["failed"] += 1
+                continue
+            ep_id = len(episodes)
+            base = len(images)
+            episodes.append(
+                {
+                    "id": ep_id,
+                    "family": task.family,
+                    "category": task.category,
+                    "instruction": task.instruction,
+                    "task": task.to_dict(),
+                    "seed": ep_seed,
+                    "steps": len(result["images"]),
+                    "success": result["success"],
+                    "split": "train",
+                }
+            )
+            for s, (img, act, plan) in enumerate(
+                zip(result["images"], result["actions"], result["plans"], strict=True)
+            ):
+                images.append(img)
+                actions.append(act)
+                episode_ids.append(ep_id)
+                frames.append({"episode": ep_id, "step": s, "instruction": task.instruction, "plan": plan})
+            vl.extend(
+                _episode_questions(result["objects"], result["tiles"], base, len(result["images"]), cfg, rng)
+            )
+        vl.extend(
+            {"frame": int(rng.integers(len(images))), "question": q, "answer": a, "kind": kd}
+            for q, a, kd in text_questions(rng, max(1, len(episodes) * 2))
+            if images
+        )
+        if not images:
+            continue
+        fmt.write_shard(
+            stem,
+            np.stack(images),
+            np.array(actions),
+            np.array(episode_ids),
+            {"episodes": episodes, "frames": frames, "vl": vl, "datagen": cfg.__dict__},
+        )
+        totals["episodes"] += len(episodes)
+        totals["frames"] += len(images)
+        totals["vl"] += len(vl)
+        rate = totals["episodes"] / (time.time() - t0)
+        logger.info(
+            f"{stem.name}: {len(episodes)} episodes, {len(images)} frames, {len(vl)} questions "
+            f"({totals['episodes']} episodes so far, {rate:.2f} episodes/s, {totals['failed']} oracle failures dropped)"
+        )
+    (out / f"meta-{cfg.seed:04d}.json").write_text(
+        json.dumps({"config": cfg.__dict__, "totals": totals}, indent=2)
+    )
+    return totals
+
+
+def _episode_questions(
+    objects: list, tiles: list, base: int, n_frames: int, cfg: DatagenConfig, rng
+) -> list[dict]:
+    """Questions for the first frame (positions valid) and a few later ones (no position questions)."""
+    if not objects:
+        return []
+    later = rng.choice(
+        np.arange(1, n_frames), size=min(cfg.vl_frames_per_episode - 1, n_frames - 1), replace=False
+    )
+    out = []
+    for f in [0, *later.tolist()]:
+        qs = scene_questions(objects, tiles, rng, initial=f == 0)
+        for i in rng.choice(len(qs), size=min(4, len(qs)), replace=False):
+            q, a, kind = qs[int(i)]
+            out.append({"frame": base + int(f), "question": q, "answer": a, "kind": kind})
+    return out

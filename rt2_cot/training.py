@@ -1,0 +1,418 @@
+"""Co-fine-tuning rt2-cot-mini on robot steps + vision-language questions (`rt2-cot train`).
+
+Resumable: `OUT/state.pt` holds model, optimiser and history; re-running the same command continues.
+Progress goes to the log and `OUT/progress.jsonl`; the loss curve to `OUT/loss.png`; the final
+transformers checkpoint (fp16, frozen backbone excluded) to `OUT/checkpoint/`.
+
+Action targets (the part the pilot could not learn from plain cross-entropy): the six motion
+dimensions get a Gaussian soft target over neighbouring bins plus an L1 loss on the expected bin,
+so a prediction 3 bins off is rewarded over one 100 bins off; terminate and gripper stay exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from loguru import logger
+
+from rt2_cot.data.dataset import TEXT, Batch, RobotData
+from rt2_cot.errors import ConfigError
+
+MOTION_DIMS = (1, 2, 3, 4, 5, 6)  # dx dy dz droll dpitch dyaw
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=lambda: ["data/train"])
+    val_data: list[str] = field(default_factory=list)  # empty: hold out `val_episodes_fraction` of data
+    val_episodes_fraction: float = 0.05
+    init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
+    use_vl: bool = True  # vision-language co-training (ablation: false)
+    num_hidden_layers: int = 4
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 3e-4  # new parts: projector, output bias
+    lr_pretrained: float = 1e-4  # MiniLM layers and embeddings: gentler, they already know language
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    vl_fraction: float = 0.25
+    plain_fraction: float = 0.1
+    action_sigma_bins: float = 3.0
+    action_aux_weight: float = 1.0
+    hidden_dropout: float = 0.1
+    log_every: int = 25
+    eval_every: int = 250
+    save_every: int = 250
+    eval_batches: int = 8
+    threads: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must be a mapping of TrainConfig fields")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        cfg = cls(**raw)
+        if cfg.init not in ("pretrained", "random"):
+            raise ConfigError(f"{path}: init must be 'pretrained' or 'random', got {cfg.init!r}")
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Output vocabulary
+# ---------------------------------------------------------------------------------------------
+def build_output_vocabulary(tokenizer, texts: list[str]) -> list[int]:
+    """Every token in `texts`, the 256 integers, the object/colour words of the whole simulator catalogue
+    (held-out objects too, so unseen objects can be named) and [SEP] as end of answer."""
+    words = {str(i) for i in range(256)} | {"plan", "action", ":", ".", "yes", "no"}
+    try:
+        from robot_io.sim import scene
+
+        for name in scene.all_object_names(include_heldout=True):
+            words.update(name.split())
+        words.update(scene.COLOURS)
+        words.update(scene.SYMBOLS)
+        words.update(scene.NUMBERS)
+    except ImportError:
+        logger.warning("robot_io.sim not importable; output vocabulary from the data only")
+    ids = {tokenizer.sep_token_id}
+    for text in [*texts, *sorted(words)]:
+        ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return sorted(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+class ActionTargets:
+    """Maps vocabulary ids to output-subset columns and builds the soft action targets."""
+
+    def __init__(self, output_ids: list[int], tokenizer, sigma: float) -> None:
+        self.column = torch.full((max(output_ids) + 1,), -1, dtype=torch.long)
+        self.column[torch.tensor(output_ids)] = torch.arange(len(output_ids))
+        bin_ids = tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])
+        self.bin_columns = self.column[torch.tensor(bin_ids)]
+        if bool((self.bin_columns < 0).any()):
+            raise ValueError("output vocabulary lacks some of the integers 0..255")
+        self.bin_of_column = torch.full((len(output_ids),), -1, dtype=torch.long)
+        self.bin_of_column[self.bin_columns] = torch.arange(256)
+        self.sigma = sigma
+
+    def soft(self, bins: torch.Tensor) -> torch.Tensor:
+        """(M,) true bins -> (M, 256) Gaussian target over neighbouring bins (normalised)."""
+        d = torch.arange(256)[None, :] - bins[:, None]
+        w = torch.exp(-0.5 * (d / self.sigma) ** 2)
+        return w / w.sum(-1, keepdim=True)
+
+
+def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    h = model.hidden_states(batch.input_ids, image_features=batch.features)
+    sel = batch.labels != -100
+    logits = model.output_logits(h[sel])  # (M, V_out)
+    cols = targets.column[batch.labels[sel]]
+    roles = batch.roles[sel]
+    motion = torch.isin(roles, torch.tensor(MOTION_DIMS))
+    logp = F.log_softmax(logits.float(), dim=-1)
+    exact = -logp[~motion].gather(1, cols[~motion, None]).squeeze(1)
+    is_text = roles[~motion] == TEXT
+    parts = {"text_loss": float(exact.detach()[is_text].mean()) if bool(is_text.any()) else 0.0}
+    loss_terms = [exact]
+    if bool(motion.any()):
+        true_bins = targets.bin_of_column[cols[motion]]
+        bin_logp = logp[motion][:, targets.bin_columns]  # (Mm, 256), still normalised over all outputs
+        soft = -(targets.soft(true_bins) * bin_logp).sum(-1)
+        loss_terms.append(soft)
+        probs = torch.softmax(logits[motion][:, targets.bin_columns].float(), dim=-1)
+        expected = (probs * torch.arange(256.0)).sum(-1)
+        aux = (expected - true_bins.float()).abs() / 127.0
+        parts["action_soft_loss"] = float(soft.detach().mean())
+        parts["action_l1_bins"] = float((expected.detach() - true_bins.float()).abs().mean())
+    loss = torch.cat(loss_terms).mean()
+    if bool(motion.any()):
+        loss = loss + cfg.action_aux_weight * aux.mean()
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher-forced evaluation: is the model learning the actions, not only the words?
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, baseline: np.ndarray) -> dict:
+    """Greedy next-token predictions under teacher forcing on validation robot steps (CoT format).
+
+    Reports plan-token accuracy, per-dimension mean absolute bin error of dx/dy/dz and the same for
+    the constant baseline (each dimension's most common training bin).
+    """
+    model.eval()
+    rng = np.random.default_rng(1234)
+    frames = data.robot_frames
+    pick = rng.choice(frames, size=min(len(frames), cfg.eval_batches * cfg.batch_size), replace=False)
+    plan_hits = plan_total = 0
+    err, base_err, within = [], [], []
+    for i in range(0, len(pick), cfg.batch_size):
+        batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
+        h = model.hidden_states(batch.input_ids, image_features=batch.features)
+        sel = batch.labels != -100
+        pred_cols = model.output_logits(h[sel]).argmax(-1)
+        true_cols = targets.column[batch.labels[sel]]
+        roles = batch.roles[sel]
+        text = roles == TEXT
+        plan_hits += int((pred_cols[text] == true_cols[text]).sum())
+        plan_total += int(text.sum())
+        for dim in (1, 2, 3):
+            m = roles == dim
+            pb = targets.bin_of_column[pred_cols[m]].float()
+            pb[pb < 0] = 128.0  # a non-integer where an integer belongs: count as no motion
+            tb = targets.bin_of_column[true_cols[m]].float()
+            err.append((pb - tb).abs())
+            base_err.append((baseline[dim] - tb).abs())
+            within.append(((pb - tb).abs() <= 8).float())
+    model.train()
+    return {
+        "val_text_token_acc": plan_hits / max(plan_total, 1),
+        "val_xyz_bin_mae": float(torch.cat(err).mean()),
+        "baseline_xyz_bin_mae": float(torch.cat(base_err).mean()),
+        "val_xyz_within8": float(torch.cat(within).mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, output_ids: list[int]):
+    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
+
+    config = Rt2CotMiniConfig(
+        num_hidden_layers=cfg.num_hidden_layers,
+        output_token_ids=output_ids,
+        hidden_dropout=cfg.hidden_dropout,
+    )
+    model = Rt2CotMiniForConditionalGeneration(config)
+    model.load_pretrained_parts(language=cfg.init == "pretrained")
+    return model
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    new, pretrained, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or name.startswith("vision."):
+            continue
+        if p.ndim < 2 or "norm" in name:
+            no_decay.append(p)
+        elif name.startswith("projector.") or cfg.init == "random":
+            new.append(p)
+        else:
+            pretrained.append(p)
+    return [
+        {"params": new, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {
+            "params": pretrained,
+            "lr": cfg.lr_pretrained,
+            "weight_decay": cfg.weight_decay,
+            "base_lr": cfg.lr_pretrained,
+        },
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
+    ]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def split_validation(data: RobotData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    episodes = sorted({data.frames[i]["episode"] for i in data.robot_frames})
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(len(episodes) * fraction)) if len(episodes) > 1 else 0
+    val_eps = set(rng.choice(episodes, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([data.frames[i]["episode"] in val_eps for i in data.robot_frames])
+    return data.robot_frames[~is_val], data.robot_frames[is_val] if n_val else data.robot_frames
+
+
+def train(cfg: TrainConfig, out: Path) -> dict:
+    from rt2_cot.model import load_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    tokenizer = load_tokenizer()
+    data = RobotData([Path(p) for p in cfg.data], tokenizer)
+    if not cfg.use_vl:
+        data.vl = []
+    state_path = out / "state.pt"
+    state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
+    output_ids = state["output_ids"] if state else build_output_vocabulary(tokenizer, data.all_target_texts())
+    model = build_model(cfg, output_ids)
+    data.load_features(model)
+    if cfg.val_data:
+        val = RobotData([Path(p) for p in cfg.val_data], tokenizer)
+        val.load_features(model)
+    else:
+        train_frames, val_frames = split_validation(data, cfg.val_episodes_fraction, cfg.seed)
+        val = copy.copy(data)
+        val.robot_frames = val_frames
+        data.robot_frames = train_frames
+    targets = ActionTargets(output_ids, tokenizer, cfg.action_sigma_bins)
+    actions = np.array([data.frames[i]["action"] for i in data.robot_frames])
+    baseline = np.array(
+        [np.bincount(actions[:, d], minlength=256).argmax() for d in range(8)], dtype=np.float32
+    )
+    logger.info(f"constant-bin baseline (most common bin per dimension): {baseline.astype(int).tolist()}")
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98))
+    history: list[dict] = []
+    step = 0
+    if state:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        history, step = state["history"], state["step"]
+        logger.info(f"resumed from {state_path} at step {step}")
+    n_trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    logger.info(f"{n_trainable / 1e6:.1f}M trainable parameters, {len(output_ids)} output tokens")
+
+    model.train()
+    t_start, seen = time.time(), 0
+    progress = (out / "progress.jsonl").open("a")
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step])  # deterministic per step, so resuming is exact
+        batch = data.sample(rng, cfg.batch_size, cfg.vl_fraction if data.vl else 0.0, cfg.plain_fraction)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+        loss, parts = compute_loss(model, batch, targets, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
+        )
+        optimizer.step()
+        step += 1
+        seen += cfg.batch_size
+        record = {"step": step, **parts}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            record.update(evaluate(model, val, targets, cfg, baseline))
+        history.append(record)
+        if step % cfg.log_every == 0 or "val_xyz_bin_mae" in record:
+            rate = seen / (time.time() - t_start)
+            eta_min = (cfg.steps - step) * cfg.batch_size / rate / 60
+            record.update({"samples_per_s": round(rate, 2), "elapsed_s": round(time.time() - t_start, 1)})
+            logger.info(
+                f"step {step}/{cfg.steps} "
+                + " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float))
+                + f" | {rate:.1f} samples/s, ETA {eta_min:.0f} min"
+            )
+            progress.write(json.dumps(record) + "\n")
+            progress.flush()
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_state(state_path, model, optimizer, history, step, output_ids)
+            plot_history(history, out / "loss.png")
+    progress.close()
+    export_checkpoint(model, out / "checkpoint")
+    plot_history(history, out / "loss.png")
+    losses = [h["loss"] for h in history]
+    k = max(1, min(10, len(losses) // 4))
+    summary = {
+        "steps": step,
+        "first_loss": float(np.mean(losses[:k])) if losses else None,
+        "last_loss": float(np.mean(losses[-k:])) if losses else None,
+        "final": history[-1] if history else {},
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def save_state(path: Path, model, optimizer, history: list[dict], step: int, output_ids: list[int]) -> None:
+    trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("vision.")}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": trainable,
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "step": step,
+            "output_ids": output_ids,
+        },
+        tmp,
+    )
+    tmp.rename(path)
+
+
+def export_checkpoint(model, folder: Path) -> None:
+    """fp16 transformers checkpoint + processor, loadable with the Auto classes after `import rt2_cot.model`."""
+    from rt2_cot.model import Rt2CotMiniProcessor, load_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    half = copy.deepcopy(model).half().eval()
+    half.save_pretrained(folder)
+    Rt2CotMiniProcessor(load_tokenizer()).save_pretrained(folder)
+    logger.info(f"checkpoint written to {folder}")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    steps = [h["step"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def smooth(key: str) -> tuple[list[int], np.ndarray]:
+        xs = [h["step"] for h in history if key in h]
+        ys = np.array([h[key] for h in history if key in h])
+        k = max(1, len(ys) // 50)
+        return xs[k - 1 :], np.convolve(ys, np.ones(k) / k, mode="valid")
+
+    for key in ("loss", "text_loss", "action_soft_loss"):
+        xs, ys = smooth(key)
+        if len(ys):
+            ax1.plot(xs, ys, label=key)
+    ax1.set_xlabel("step")
+    ax1.set_yscale("log")
+    ax1.set_title("training loss (moving average)")
+    ax1.legend()
+    ev = [h for h in history if "val_xyz_bin_mae" in h]
+    if ev:
+        ax2.plot(
+            [h["step"] for h in ev],
+            [h["val_xyz_bin_mae"] for h in ev],
+            "o-",
+            label="model dx/dy/dz |bin error|",
+        )
+        ax2.plot(
+            [h["step"] for h in ev],
+            [h["baseline_xyz_bin_mae"] for h in ev],
+            "--",
+            label="constant-bin baseline",
+        )
+        ax2.set_xlabel("step")
+        ax2.set_title("validation action error (teacher forced)")
+        ax2.legend()
+    ax2.set_xlim(0, max(steps))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
