@@ -25,8 +25,6 @@ import enum
 import re
 from typing import Protocol
 
-from loguru import logger
-
 from robot_io.types import EndEffectorCommand
 from rt2_cot.action_codec import NUM_BINS, ActionCodec
 from rt2_cot.errors import ActionParseError
@@ -215,9 +213,6 @@ class StreamParser:
             return self._fail(str(exc))
         self._state = _State.DONE
         self.complete = ActionComplete(tuple(self.tokens), command, self.plan, self.text)
-        trailing = self.text[self._action_start :].split()
-        if len(trailing) > self.num_tokens:
-            logger.debug("ignoring text after the action: {!r}", " ".join(trailing[self.num_tokens :])[:80])
         return self.complete
 
     def _fail(self, message: str) -> ParseFailure:

@@ -1,0 +1,72 @@
+"""Prompt templates are data; the builder renders RT-2's, the plain and OpenVLA's prompts."""
+
+from __future__ import annotations
+
+import pytest
+
+from rt2_cot.errors import ConfigError
+from rt2_cot.prompts import build_prompt, get_template, load_templates, render_prompt
+
+
+def test_cot_prompt_and_given_plan():
+    assert build_prompt("cot", "bring me a drink") == "Instruction: bring me a drink"
+    assert (
+        build_prompt("cot", "bring me a drink", given_plan="pick up the 7up can")
+        == "Instruction: bring me a drink Plan: pick up the 7up can. Action:"
+    )
+    # A plan that already ends its sentence does not get a second full stop.
+    assert build_prompt("cot", "x", given_plan="pick up the can. ").endswith("Plan: pick up the can. Action:")
+
+
+def test_plain_and_openvla_prompts():
+    assert (
+        build_prompt("plain", "pick up the rock")
+        == "Q: what action should the robot take to pick up the rock? A:"
+    )
+    assert (
+        build_prompt("openvla", "pick up the rock")
+        == "In: What action should the robot take to pick up the rock?\nOut:"
+    )
+    # Templates without a plan have nothing to reuse.
+    assert build_prompt("plain", "pick up the rock", given_plan="p") == build_prompt(
+        "plain", "pick up the rock"
+    )
+
+
+def test_render_splits_the_given_text_from_the_prompt():
+    rendered = render_prompt("cot", "  stack the blocks ", given_plan="pick up the red block")
+    assert rendered.prompt == "Instruction: stack the blocks"
+    assert rendered.continuation == "Plan: pick up the red block. Action:"
+    assert rendered.text == build_prompt("cot", "stack the blocks", given_plan="pick up the red block")
+
+
+def test_templates_describe_their_grammar():
+    assert get_template("cot").has_plan and get_template("cot").num_action_tokens == 8
+    assert not get_template("plain").has_plan
+    assert get_template("openvla").num_action_tokens == 7
+
+
+def test_unknown_style_names_the_choices():
+    with pytest.raises(ConfigError, match="cot"):
+        build_prompt("chatty", "x")
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "cot: [1, 2",
+        "- a\n- b",
+        "cot:\n  prompt: no placeholder\n",
+        "cot:\n  prompt: '{instruction}'\n  colour: red\n",
+    ],
+)
+def test_malformed_template_files_raise_config_error(tmp_path, yaml_text):
+    path = tmp_path / "templates.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError):
+        load_templates(path)
+
+
+def test_missing_template_file_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_templates(tmp_path / "nope.yaml")
