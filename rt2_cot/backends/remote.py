@@ -29,7 +29,7 @@ from loguru import logger
 
 from rt2_cot.backends.base import GenerationRequest, PromptStyle
 from rt2_cot.errors import BackendError
-from rt2_cot.serving.guided import ACTION_TOKENS_REGEX, CONTINUATION_REGEX
+from rt2_cot.serving.guided import CONTINUATION_REGEX
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -38,37 +38,22 @@ class _Retryable(Exception):
     """A failure before the first token that a retry may fix (connection, 5xx, early close)."""
 
 
-def render_prompt(style: PromptStyle, instruction: str, given_plan: str | None = None) -> str:
-    """The runtime's prompt text (rt2_cot.prompts), else the DESIGN.md templates it renders."""
-    try:
-        from rt2_cot.prompts import build_prompt
-    except ImportError:
-        build_prompt = None
-    if build_prompt is not None:
-        return (
-            build_prompt(style, instruction, given_plan) if given_plan else build_prompt(style, instruction)
-        )
-    base = (
-        f"Instruction: {instruction}"
-        if style == "cot"
-        else f"Q: what action should the robot take to {instruction}? A:"
-    )
-    return f"{base} Plan: {given_plan}. Action:" if given_plan else base
+def split_prompt(style: PromptStyle, instruction: str, given_plan: str | None = None) -> tuple[str, str]:
+    """(user prompt, assistant prefill) from the runtime's templates; the prefill is empty unless
+    a plan is given and the style has one (plain prompts have nothing to reuse)."""
+    from rt2_cot.prompts import render_prompt
+
+    rendered = render_prompt(style, instruction, given_plan)
+    return rendered.prompt, rendered.continuation
 
 
-def guided_regex(style: PromptStyle, given_plan: str | None = None) -> str:
-    """The regex sent to the server: the whole output, or only the action after a given plan."""
-    if given_plan is not None:
+def guided_regex(style: PromptStyle, prefilled: bool = False) -> str:
+    """The regex sent to the server: the whole output, or only the action after a prefilled plan."""
+    if prefilled:
         return CONTINUATION_REGEX
-    try:
-        from rt2_cot.constrained import action_regex
-    except ImportError:
-        action_regex = None
-    if action_regex is not None:
-        return action_regex(style)
-    if style == "cot":
-        return rf"Plan: [^\n]{{1,200}}\. Action: {ACTION_TOKENS_REGEX}"
-    return rf" ?{ACTION_TOKENS_REGEX}"
+    from rt2_cot.constrained import action_regex
+
+    return action_regex(style)
 
 
 def image_data_url(image: np.ndarray, image_format: str = "png") -> str:
@@ -153,7 +138,7 @@ class RemoteBackend:
     # -- generation ------------------------------------------------------------------------------
     def build_body(self, request: GenerationRequest) -> dict:
         """The chat-completions JSON for one step (exposed for tests and for debugging a server)."""
-        prompt = render_prompt(request.prompt_style, request.instruction)
+        prompt, prefill = split_prompt(request.prompt_style, request.instruction, request.given_plan)
         messages: list[dict] = [
             {
                 "role": "user",
@@ -175,15 +160,11 @@ class RemoteBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        if request.given_plan is not None:
-            full = render_prompt(request.prompt_style, request.instruction, request.given_plan)
-            prefill = full[len(prompt) :].strip() if full.startswith(prompt) else ""
-            messages.append(
-                {"role": "assistant", "content": prefill or f"Plan: {request.given_plan}. Action:"}
-            )
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
-        regex = guided_regex(request.prompt_style, request.given_plan)
+        regex = guided_regex(request.prompt_style, prefilled=bool(prefill))
         body["guided_regex"] = regex
         body["structured_outputs"] = {"regex": regex}
         return body

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import re
 import time
@@ -27,11 +28,6 @@ from rt2_cot.serving.guided import CONTINUATION_REGEX, explain_rejection, matchi
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
-_COT_RE = re.compile(r"^\s*instruction\s*:\s*(?P<instruction>.+?)\s*$", re.IGNORECASE | re.DOTALL)
-_PLAIN_RE = re.compile(
-    r"^\s*q\s*:\s*what action should the robot take to\s+(?P<instruction>.+?)\s*\?\s*a\s*:\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
 _GIVEN_PLAN_RE = re.compile(r"^\s*plan\s*:\s*(?P<plan>.*?)\s*\.?\s*action\s*:\s*$", re.IGNORECASE | re.DOTALL)
 
 
@@ -129,12 +125,45 @@ def parse_chat_request(body: object) -> ChatRequest:
     )
 
 
+def _tolerant(literal: str) -> str:
+    """Regex for template text: any run of whitespace matches any whitespace, spaces allowed before
+    ':' and '?' (WordPiece round trips write `instruction : ...`)."""
+    out = []
+    for part in re.split(r"(\s+)", literal):
+        if not part:
+            continue
+        if part.isspace():
+            out.append(r"\s+")
+        else:
+            out.append("".join(r"\s*" + re.escape(c) if c in ":?" else re.escape(c) for c in part))
+    return "".join(out)
+
+
+@functools.cache
+def _template_patterns() -> list[tuple[str, re.Pattern]]:
+    """One tolerant regex per prompt template (rt2_cot.prompts), longest prompt first."""
+    try:
+        from rt2_cot.prompts import load_templates
+
+        templates = {name: t.prompt for name, t in load_templates().items()}
+    except Exception:  # templates unreadable: fall back to the two DESIGN.md prompts
+        templates = {
+            "cot": "Instruction: {instruction}",
+            "plain": "Q: what action should the robot take to {instruction}? A:",
+        }
+    patterns = []
+    for name, prompt in sorted(templates.items(), key=lambda kv: -len(kv[1])):
+        before, _, after = prompt.partition("{instruction}")
+        regex = rf"^\s*{_tolerant(before)}(?P<instruction>.+?){_tolerant(after)}\s*$"
+        patterns.append((name, re.compile(regex, re.IGNORECASE | re.DOTALL)))
+    return patterns
+
+
 def parse_prompt(text: str) -> tuple[PromptStyle, str]:
     """Rendered prompt -> (style, instruction). Unrecognised text is a chain-of-thought instruction."""
-    if m := _PLAIN_RE.match(text):
-        return "plain", m.group("instruction").strip()
-    if m := _COT_RE.match(text):
-        return "cot", m.group("instruction").strip()
+    for name, pattern in _template_patterns():
+        if m := pattern.match(text):
+            return name, m.group("instruction").strip()  # type: ignore[return-value]
     text = text.strip()
     if not text:
         raise RequestError("the user message has no instruction text", param="messages")
