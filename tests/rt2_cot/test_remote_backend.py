@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +294,72 @@ def test_stop_event_ends_the_stream(misbehaving):
         if len(got) == 3:
             stop.set()
     assert got == [" 0", " 1", " 2"]
+
+
+def test_plain_prompt_with_a_plan_sends_no_prefill():
+    remote = RemoteBackend("http://127.0.0.1:9/v1", model="m")
+    body = remote.build_body(request(prompt_style="plain", given_plan="pick up the rock"))
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert "continue_final_message" not in body
+
+
+# -- end to end: `rt2-cot serve` in a subprocess with a real (randomly initialised) checkpoint --------
+@pytest.fixture(scope="module")
+def served_checkpoint(tmp_path_factory):
+    pytest.importorskip("rt2_cot.backends.transformers_backend")
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    import torch
+
+    import rt2_cot.model as rt2_model
+
+    torch.manual_seed(1)
+    tok = rt2_model.load_tokenizer()
+    words = ["plan", "pick", "up", "the", "rock", "can", "red", "block", "action", ":", "."]
+    ids = sorted(set(tok.convert_tokens_to_ids([*words, *(str(i) for i in range(256)), "[SEP]"])))
+    model = rt2_model.Rt2CotMiniForConditionalGeneration(
+        rt2_model.Rt2CotMiniConfig(output_token_ids=ids)
+    ).eval()
+    model.load_pretrained_parts()
+    path = tmp_path_factory.mktemp("served-random")
+    model.save_pretrained(path)
+    rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(path)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rt2_cot", "serve", "--model", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        try:
+            if httpx.get(url.removesuffix("/v1") + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "rt2-cot serve did not come up"
+        time.sleep(0.3)
+    yield path, url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_remote_over_rt2_cot_serve_equals_the_local_model(served_checkpoint):
+    from rt2_cot.backends.transformers_backend import TransformersBackend
+
+    path, url = served_checkpoint
+    remote = RemoteBackend(url)
+    assert remote.model == path.name
+    local = TransformersBackend(str(path))
+    rng = np.random.default_rng(0)
+    for given_plan in (None, "pick up the rock"):
+        img = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+        req = GenerationRequest(image=img, instruction="pick up the rock", given_plan=given_plan)
+        assert "".join(remote.stream(req)) == "".join(local.stream(req))
