@@ -67,6 +67,10 @@ def camera_pose_of(camera: object) -> CameraPose:
             value = value()
         if isinstance(value, CameraPose):
             return value
+        if isinstance(value, tuple) and len(value) == 2:
+            # (position, rotation whose columns are the camera axes in the base frame): the sim's form
+            position, axes = (np.asarray(v, float) for v in value)
+            return CameraPose(rotation=axes.T, position=position)
         if value is not None:
             arr = np.asarray(value, float)
             if arr.shape == (4, 4):

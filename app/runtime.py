@@ -186,7 +186,7 @@ class ConsoleRuntime:
         self.sessions_root = Path(sessions_root)
         self.rate_hz, self.max_steps, self.preview_hz = rate_hz, max_steps, preview_hz
         self.model_name, self.camera_name, self.arm_name = model_name, camera_name, arm_name
-        self.camera_pose = rendering.camera_pose_of(camera)
+        self.camera_pose = rendering.camera_pose_of(sim if sim is not None else camera)
         self.lease = ControlLease()
         self._loop_factory = loop_factory
         self._recorder_factory = recorder_factory
@@ -276,6 +276,13 @@ class ConsoleRuntime:
         instruction = instruction.strip()
         if not instruction:
             raise ConsoleError("type a command first (e.g. 'pick up the red block')")
+        self.start_job(
+            lambda: self._episode_main(instruction, single_step, max_steps or self.max_steps), client_id, name
+        )
+
+    def start_job(self, target: Callable[[], Any], client_id: str, name: str) -> None:
+        """Run `target` on the loop thread (episodes, suite runs): one at a time, only for the
+        browser holding control, never while the e-stop is latched."""
         self.require_control(client_id, name)
         if self._estopped():
             raise ConsoleError("E-stop is latched: check the robot, then press Reset E-stop")
@@ -288,16 +295,29 @@ class ConsoleRuntime:
             self._state.status = "running"
             self._state.error = ""
             self._bump()
-            thread = threading.Thread(
-                target=self._episode_main,
-                args=(instruction, single_step, max_steps or self.max_steps),
-                name="console-loop",
-                daemon=True,
-            )
+            thread = threading.Thread(target=self._job_main, args=(target,), name="console-loop", daemon=True)
             self._episode_thread = thread
         thread.start()
 
-    def _make_loop(self, max_steps: int) -> Any:
+    def attach_stoppable(self, obj: Any) -> None:
+        """What Stop and the e-stop should stop while a job runs (a ControlLoop or a SuiteRun)."""
+        self._loop = obj
+
+    def _job_main(self, target: Callable[[], Any]) -> None:
+        try:
+            target()
+        except Exception as exc:  # shown to the operator; the loop thread must never die silently
+            logger.exception("control loop failed")
+            with self._lock:
+                self._state.error = f"{type(exc).__name__}: {exc}"
+                self._bump()
+        finally:
+            with self._lock:
+                self._loop = None
+                self._state.status = "idle"
+                self._bump()
+
+    def _make_loop(self, max_steps: int, instruction: str) -> Any:
         factory = self._loop_factory
         if factory is None:
             from rt2_cot.control_loop import ControlLoop
@@ -307,7 +327,9 @@ class ConsoleRuntime:
         recorder = self._ensure_recorder() if self._record else None
         if recorder is not None:
             subscribers.append(recorder)
-        success_fn = getattr(self.sim, "success", None) if self.sim is not None else None
+        # The simulator can only judge the task its scene was built for, not a free-text command.
+        task = getattr(self.sim, "task", None)
+        success_fn = self.sim.success if task is not None and task.instruction == instruction else None
         return factory(
             camera=self.camera,
             shield=self.shield,
@@ -319,27 +341,17 @@ class ConsoleRuntime:
         )
 
     def _episode_main(self, instruction: str, single_step: bool, max_steps: int) -> None:
-        try:
-            if single_step:
-                if self._step_loop is None or instruction != self._step_instruction:
-                    self._step_loop = self._make_loop(max_steps)
-                    self._step_instruction = instruction
-                self._loop = self._step_loop
-                self._loop.step_once(instruction)
-            else:
-                self._step_loop = None
-                self._loop = self._make_loop(max_steps)
-                self._loop.run_episode(instruction)
-        except Exception as exc:  # shown to the operator; the loop thread must never die silently
-            logger.exception("control loop failed")
-            with self._lock:
-                self._state.error = f"{type(exc).__name__}: {exc}"
-                self._bump()
-        finally:
-            with self._lock:
-                self._loop = None
-                self._state.status = "idle"
-                self._bump()
+        if single_step:
+            if self._step_loop is None or instruction != self._step_instruction:
+                self._step_loop = self._make_loop(max_steps, instruction)
+                self._step_instruction = instruction
+            self.attach_stoppable(self._step_loop)
+            self._step_loop.step_once(instruction)
+        else:
+            self._step_loop = None
+            loop = self._make_loop(max_steps, instruction)
+            self.attach_stoppable(loop)
+            loop.run_episode(instruction)
 
     def stop(self, client_id: str, name: str) -> None:
         """End the episode within one step (the arm holds; the e-stop is not latched)."""
