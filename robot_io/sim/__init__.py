@@ -29,10 +29,13 @@ __all__ = [
 
 
 def make_sim_rig(config=None, width: int | None = None, height: int | None = None):
-    """(sim, arm, camera) sharing one TabletopSim. Imports MuJoCo only when called."""
+    """(sim, arm, camera) sharing one TabletopSim, both devices connected. Imports MuJoCo only when called."""
     from robot_io.arms.sim_arm import SimArm
     from robot_io.cameras.sim_camera import SimCamera
     from robot_io.sim.env import SimConfig, TabletopSim
 
     sim = TabletopSim(config or SimConfig())
-    return sim, SimArm(sim), SimCamera(sim, width, height)
+    arm, camera = SimArm(sim), SimCamera(sim, width, height)
+    arm.connect()
+    camera.connect()
+    return sim, arm, camera

@@ -195,6 +195,20 @@ class TabletopSim:
         if old is not None:
             self._free_render_state(old)
 
+    def retarget(self, task: TaskSpec) -> None:
+        """Pose a different task in the current scene (the console typed a new instruction).
+
+        Raises SimError unless every object and tile the task needs is already on the table.
+        """
+        have = {o.name for o in self.objects} | {t.name for t in self.tiles}
+        missing = [n for n in (task.target, *([task.reference] if task.reference else [])) if n not in have]
+        if missing:
+            raise SimError(
+                f"this scene has no {', '.join(missing)}; start a new scene for {task.instruction!r}"
+            )
+        with self._lock:
+            self.task = task
+
     def home(self) -> None:
         """Teleport the gripper home, open, releasing anything it holds."""
         with self._lock:

@@ -26,6 +26,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.83, 0.10),
     "orange": (1.00, 0.50, 0.05),
     "purple": (0.55, 0.20, 0.70),
+    "pink": (1.00, 0.45, 0.70),
     "grey": (0.50, 0.50, 0.50),
     "white": (0.92, 0.92, 0.90),
 }
@@ -64,7 +65,8 @@ class ObjectKind:
         return len(self.colours) > 1
 
 
-_TOY_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple")
+# No orange toys: "the orange" must only ever mean the fruit.
+_TOY_COLOURS = ("red", "green", "blue", "yellow", "purple", "pink")
 KINDS: dict[str, ObjectKind] = {
     k.kind: k
     for k in (

@@ -1,0 +1,218 @@
+"""The MuJoCo tabletop: determinism, the oracle on every family, rendering like a D435, the rig."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from robot_io.sim import make_sim_rig
+from robot_io.sim.env import SimConfig, TabletopSim
+from robot_io.sim.scene import KINDS
+from robot_io.sim.tasks import FAMILIES, sample_task, task_from_instruction
+from robot_io.types import EndEffectorCommand
+from rt2_cot.action_codec import ActionCodec
+
+
+@pytest.fixture(scope="module")
+def sim() -> TabletopSim:
+    s = TabletopSim()
+    yield s
+    s.close()
+
+
+def _run_oracle(sim: TabletopSim, max_steps: int = 60) -> int:
+    codec = ActionCodec()
+    for step in range(max_steps):
+        command, plan = sim.oracle()
+        assert plan == sim.task.plan
+        # Through the codec, as a model would have to emit it.
+        command = codec.decode(codec.encode(command))
+        if command.terminate:
+            return step
+        sim.apply(command)
+    return max_steps
+
+
+def _snapshot(sim: TabletopSim) -> list[tuple]:
+    return [(o.name, o.size, tuple(np.round(sim.object_position(o.name), 6))) for o in sim.objects]
+
+
+def test_scene_is_deterministic_per_seed(sim):
+    task = sample_task(np.random.default_rng(7), "place_on_number")
+    sim.reset(task, seed=11)
+    first, tiles = _snapshot(sim), list(sim.tiles)
+    sim.reset(sample_task(np.random.default_rng(1), "pick"), seed=3)
+    sim.reset(task, seed=11)
+    assert _snapshot(sim) == first and sim.tiles == tiles
+    sim.reset(task, seed=12)
+    assert _snapshot(sim) != first
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_oracle_solves_every_family(sim, family):
+    for seed in range(3):
+        task = sample_task(np.random.default_rng(100 + seed), family)
+        sim.reset(task, seed=seed)
+        assert not sim.success(), "a task must not start solved"
+        steps = _run_oracle(sim)
+        assert sim.success(), f"{family} seed {seed}: {task.instruction!r} not solved in {steps} steps"
+        assert steps <= 60
+
+
+def test_oracle_solves_heldout_scenes(sim):
+    for seed in range(4):
+        task = sample_task(np.random.default_rng(seed), split="heldout")
+        sim.reset(task, seed=seed)
+        _run_oracle(sim)
+        assert sim.success(), task.instruction
+
+
+def test_random_actions_rarely_succeed(sim):
+    rng = np.random.default_rng(0)
+    codec = ActionCodec()
+    wins = 0
+    for episode in range(8):
+        sim.reset(sample_task(np.random.default_rng(episode)), seed=episode)
+        for _ in range(40):
+            tokens = [0, *rng.integers(0, 256, size=7).tolist()]
+            sim.apply(codec.decode(tokens))
+            if sim.success():
+                wins += 1
+                break
+    assert wins <= 1
+
+
+def test_constraints_make_the_instruction_unambiguous(sim):
+    for seed in range(5):
+        for family in ("smallest", "largest", "colour", "semantic_drink", "closest_to"):
+            task = sample_task(np.random.default_rng(seed), family)
+            sim.reset(task, seed=seed)
+            target = sim.object(task.target)
+            others = [o for o in sim.objects if o.name != task.target]
+            if family == "smallest":
+                assert all(target.size < o.size for o in others)
+            elif family == "largest":
+                assert all(target.size > o.size for o in others)
+            elif family == "colour":
+                assert all(o.colour != target.colour for o in others)
+            elif family == "semantic_drink":
+                assert all(KINDS[o.kind].cls != "drink" for o in others)
+            else:
+                ref_names = {t.name: t.position for t in sim.tiles} | {
+                    o.name: o.position for o in sim.objects
+                }
+                ref = np.array(ref_names[task.reference][:2])
+                d_target = np.linalg.norm(np.array(target.position[:2]) - ref)
+                for o in others:
+                    if o.name != task.reference:
+                        assert np.linalg.norm(np.array(o.position[:2]) - ref) > d_target
+
+
+def test_grasp_needs_a_closing_gripper_at_the_object(sim):
+    sim.reset(task_from_instruction("pick up the rock"), seed=1)
+    rock = sim.object_position("rock")
+    ee = sim.ee_state().ee_xyz_m
+    # Close far from the rock, travel there closed: nothing is picked up.
+    sim.apply(EndEffectorCommand(gripper=0.0))
+    for _ in range(30):
+        delta = np.clip(np.array([rock[0], rock[1], rock[2]]) - ee, -0.04, 0.04)
+        sim.apply(EndEffectorCommand(delta_xyz_m=tuple(delta), gripper=0.0))
+        ee = sim.ee_state().ee_xyz_m
+    assert sim.held is None
+    # Open, close again: now it is held, and lifting lifts it.
+    sim.apply(EndEffectorCommand(gripper=1.0))
+    sim.apply(EndEffectorCommand(gripper=0.0))
+    assert sim.held == "rock"
+    for _ in range(4):
+        sim.apply(EndEffectorCommand(delta_xyz_m=(0.0, 0.0, 0.04), gripper=0.0))
+    assert sim.object_position("rock")[2] > rock[2] + 0.1
+    assert sim.success()
+    sim.apply(EndEffectorCommand(gripper=1.0))  # let go: it falls back to the table
+    for _ in range(5):
+        sim.apply(EndEffectorCommand(gripper=1.0))
+    assert sim.held is None and sim.object_position("rock")[2] < rock[2] + 0.01
+
+
+def test_end_effector_stays_above_the_table(sim):
+    sim.reset(sample_task(np.random.default_rng(0), "pick"), seed=0)
+    for _ in range(20):
+        sim.apply(EndEffectorCommand(delta_xyz_m=(0.0, 0.0, -0.05)))
+    assert sim.ee_state().ee_xyz_m[2] >= SimConfig().ee_bounds[2][0] - 1e-9
+
+
+def test_render_looks_like_a_d435(sim):
+    task = task_from_instruction("pick up the blue block")
+    sim.reset(task, seed=5)
+    frame = sim.render()
+    assert frame.color.shape == (240, 320, 3) and frame.color.dtype == np.uint8
+    assert frame.depth.shape == (240, 320) and frame.depth.dtype == np.uint16
+    assert frame.depth_scale_m == 0.001
+    k = frame.intrinsics
+    # A D435 colour stream at 640x480 has fx ~ fy ~ 615 px; scaled to 320x240 that halves.
+    assert (k.width, k.height) == (320, 240) and k.fx == pytest.approx(307.5, rel=0.01) and k.ppx == 160
+    depth_m = frame.depth_m()
+    assert np.isfinite(depth_m).mean() > 0.99
+    assert 0.4 < np.nanmedian(depth_m) < 1.5, "a tabletop seen from ~0.7 m"
+    # Project the block into the image: the pixel shows a blue thing at the right depth.
+    cam_pos, cam_rot = sim.camera_pose()
+    block = sim.object_position("blue block")
+    top = block + np.array([0, 0, sim.object("blue block").half_extents[2]])
+    u, v = k.project(cam_rot.T @ (top - cam_pos))
+    ui, vi = round(u), round(v)
+    r, g, b = frame.color[vi, ui].astype(int)
+    assert b > r + 40 and b > g + 40, "the projected pixel is not the blue block: intrinsics or pose are off"
+    expected_z = float((cam_rot.T @ (top - cam_pos))[2])
+    assert abs(depth_m[vi, ui] - expected_z) < 0.03
+    big = sim.render(640, 480)
+    assert big.color.shape == (480, 640, 3) and big.intrinsics.fx == pytest.approx(615, rel=0.01)
+
+
+def test_different_scenes_render_differently(sim):
+    sim.reset(sample_task(np.random.default_rng(0), "pick"), seed=0)
+    a = sim.render().color.astype(int)
+    sim.reset(sample_task(np.random.default_rng(1), "pick", split="heldout_background"), seed=1)
+    b = sim.render().color.astype(int)
+    assert np.abs(a - b).mean() > 10
+
+
+def test_render_from_another_thread_while_stepping(sim):
+    sim.reset(sample_task(np.random.default_rng(2), "move_near"), seed=2)
+    frames, errors = [], []
+
+    def preview():
+        try:
+            for _ in range(15):
+                frames.append(sim.render(160, 120))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=preview)
+    thread.start()
+    _run_oracle(sim)
+    thread.join(timeout=30)
+    assert not errors and len(frames) == 15
+    assert sim.success()
+
+
+def test_sim_rig_shares_one_world():
+    sim, arm, camera = make_sim_rig()
+    try:
+        sim.reset(task_from_instruction("pick up the apple"), seed=4)
+        before = camera.read()
+        assert camera.read_latest() is before
+        state = arm.state()
+        sent = arm.apply(EndEffectorCommand(delta_xyz_m=(0.03, -0.02, -0.04), gripper=0.4))
+        assert np.allclose(sent.delta_xyz_m, (0.03, -0.02, -0.04))
+        assert np.allclose(arm.state().ee_xyz_m, state.ee_xyz_m + np.array([0.03, -0.02, -0.04]))
+        after = camera.read()
+        assert after.index > before.index
+        assert np.abs(after.color.astype(int) - before.color.astype(int)).mean() > 0.2, (
+            "the camera sees the arm move"
+        )
+        arm.home()
+        assert np.allclose(arm.state().ee_xyz_m, state.ee_xyz_m)
+        assert camera.intrinsics.width == 320
+    finally:
+        sim.close()

@@ -1,0 +1,106 @@
+"""Task families: sampling, held-out splits, the free-text matcher and suite dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robot_io.sim.scene import KINDS, SceneError, parse_object_name
+from robot_io.sim.tasks import FAMILIES, SPLITS, TaskError, sample_task, task_from_dict, task_from_instruction
+
+
+def _kind(name: str) -> str:
+    return parse_object_name(name)[0]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_samples_a_consistent_task(family):
+    for seed in range(5):
+        task = sample_task(np.random.default_rng(seed), family)
+        assert task.family == family
+        assert task.target in task.objects
+        assert task.target in task.plan, "the plan must name the object to act on"
+        assert task.instruction and "{" not in task.instruction
+        if task.goal == "on":
+            assert task.reference in task.tiles
+        if task.goal == "near":
+            assert task.reference in task.objects and task.reference != task.target
+
+
+def test_sampling_is_deterministic_in_the_seed():
+    a = [sample_task(np.random.default_rng(s)) for s in range(10)]
+    b = [sample_task(np.random.default_rng(s)) for s in range(10)]
+    assert a == b
+    assert len({t.family for t in a}) > 3
+
+
+def test_arithmetic_plan_names_the_answer():
+    task = task_from_instruction("put the red block on the sum of two plus one")
+    assert task.family == "arithmetic"
+    assert task.reference == "3" and task.plan == "place the red block on the number 3"
+    assert {"1", "2", "3"} <= set(task.tiles), "the operands are on the table as distractors"
+    task = task_from_instruction("move the apple to seven minus three")
+    assert task.reference == "4"
+
+
+def test_semantic_instructions_resolve_to_the_right_class():
+    drink = task_from_instruction("I am thirsty", np.random.default_rng(1))
+    assert KINDS[_kind(drink.target)].cls == "drink" and drink.constraint == "unique_class:drink"
+    tool = task_from_instruction("pick up something you could hammer a nail with")
+    assert tool.target == "rock" and tool.plan == "pick up the rock"
+
+
+def test_matcher_round_trips_every_template():
+    rng = np.random.default_rng(0)
+    for family in FAMILIES:
+        for split in ("train", "heldout_phrasing"):
+            for _ in range(4):
+                task = sample_task(rng, family, split)
+                parsed = task_from_instruction(task.instruction, np.random.default_rng(0))
+                assert parsed.family == family, task.instruction
+                if "{target}" in " ".join(FAMILIES[family].train):
+                    assert parsed.target == task.target
+
+
+def test_unknown_instruction_is_a_clear_error():
+    with pytest.raises(TaskError, match="cannot pose"):
+        task_from_instruction("dance the tango")
+    with pytest.raises(TaskError, match="unknown task family"):
+        sample_task(np.random.default_rng(0), "juggle")
+    with pytest.raises(TaskError, match="unknown split"):
+        sample_task(np.random.default_rng(0), "pick", split="test")
+
+
+def test_heldout_splits_hold_things_out():
+    train = [sample_task(np.random.default_rng(s), split="train") for s in range(300)]
+    train_templates = {t for f in FAMILIES.values() for t in f.train}
+    heldout_templates = {t for f in FAMILIES.values() for t in f.heldout}
+    assert not train_templates & heldout_templates
+    assert all(not KINDS[_kind(n)].heldout for t in train for n in t.objects)
+    assert {t.background for t in train} <= {"wood", "grey", "white"}
+    assert max(t.distractors for t in train) <= 3
+    held = [sample_task(np.random.default_rng(s), split="heldout_objects") for s in range(100)]
+    assert sum(KINDS[_kind(t.target)].heldout for t in held) > 50
+    bg = [sample_task(np.random.default_rng(s), split="heldout_background") for s in range(30)]
+    assert {t.background for t in bg} <= {"blue", "green"}
+    phr = [sample_task(np.random.default_rng(s), "pick", split="heldout_phrasing") for s in range(20)]
+    train_pick = {f.format(target=t.target) for t in phr for f in FAMILIES["pick"].train}
+    assert not {t.instruction for t in phr} & train_pick
+    assert set(SPLITS) >= {"train", "heldout"}
+
+
+def test_task_from_dict_forms():
+    full = sample_task(np.random.default_rng(3), "move_near")
+    assert task_from_dict(full.to_dict()) == full
+    parsed = task_from_dict({"instruction": "pick up the green ball", "background": "blue"})
+    assert parsed.family == "pick" and parsed.target == "green ball" and parsed.background == "blue"
+    sampled = task_from_dict({"family": "semantic_fruit", "split": "heldout_objects"})
+    assert KINDS[_kind(sampled.target)].cls == "fruit"
+    case = task_from_dict({"family": "pick", "instruction": "fetch the rock for me", "target": "rock"})
+    assert case.instruction == "fetch the rock for me" and case.plan == "pick up the rock"
+    with pytest.raises(TaskError, match="unknown task keys"):
+        task_from_dict({"instruction": "pick up the rock", "colour": "red"})
+    with pytest.raises(TaskError, match="reads as pick"):
+        task_from_dict({"instruction": "pick up the rock", "family": "move_near"})
+    with pytest.raises(SceneError, match="unknown object"):
+        task_from_dict({"family": "pick", "instruction": "x", "target": "golden unicorn"})
