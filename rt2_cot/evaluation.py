@@ -647,8 +647,11 @@ class EvalReport:
     def save(self, path: str | Path) -> Path:
         """Write the full report as JSON (what `load_report` and the console's compare read)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(indent=1), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.to_json(indent=1), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write evaluation report {path}: {exc.strerror or exc}") from exc
         return path
 
     def to_csv(self) -> str:
@@ -736,7 +739,7 @@ class EvalReport:
             first = next(r for r in self.results if r.case_id == case_id)
             lines.append(
                 f"| {case_id} | {first.category} | {_md_cell(first.instruction)} | {_pct(c['success_rate'])} "
-                f"| {_pct(c['plan_accuracy'])} | {c['mean_steps']} |"
+                f"| {_pct(c['plan_accuracy'])} | {c['mean_steps']:.1f} |"
             )
         failures = [r for r in self.results if r.passed is False or not r.plan_correct or r.error]
         if failures:
@@ -938,8 +941,13 @@ class SuiteRun:
     def run(self) -> EvalReport:
         from rt2_cot.control_loop import ControlLoop
 
-        sim, _arm, camera = self.rig if self.rig is not None else _make_sim_rig()
-        shield = self.shield if self.shield is not None else _make_shield(sim, _arm)
+        if self.rig is not None:
+            sim, arm, camera = self.rig
+        else:
+            sim, arm, camera = _make_sim_rig()
+            arm.connect()
+            camera.connect()
+        shield = self.shield if self.shield is not None else _make_shield(sim, arm)
         policy = self.policy_factory(sim)
         report = EvalReport(
             suite=self.suite.name,
