@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from loguru import logger
 
-from rt2_cot.errors import ConfigError
+from rt2_cot.errors import ConfigError, Rt2CotError
 
 # RT-2's evaluation categories (paper §4 and appendix): the vocabulary a suite may use. A suite
 # can declare more under `categories:`; anything else is a typo and is rejected.
@@ -969,7 +969,7 @@ class SuiteRun:
                         report.stopped = True
                         return report
                     result = self._run_episode(
-                        ControlLoop, camera, shield, policy, sim, case, tasks, episode, scene_seed
+                        ControlLoop, (sim, arm, camera), shield, policy, case, tasks, episode, scene_seed
                     )
                     if result is None:  # stopped mid-episode: the verdict would be meaningless
                         report.stopped = True
@@ -979,24 +979,34 @@ class SuiteRun:
                         self.on_result(result)
         finally:
             report.duration_s = time.monotonic() - t0
+            if self.rig is None:  # a rig we built is ours to release
+                camera.disconnect()
+                arm.disconnect()
+                sim.close()
         return report
 
     def _run_episode(
         self,
         loop_cls: Any,
-        camera: Any,
+        rig: tuple[Any, Any, Any],
         shield: Any,
         policy: Any,
-        sim: Any,
         case: Case,
         tasks: dict[str, Any],
         episode: int,
         scene_seed: int,
     ) -> EpisodeResult | None:
+        sim, arm, camera = rig
         if self.on_case_start is not None:
             self.on_case_start(case, episode)
+            if self._stop.is_set():  # stopped while the operator was setting the scene up
+                return None
         if not self.manual:
             sim.reset(tasks[case.id], seed=scene_seed)
+            # A watchdog hold latches the sim arm until it is homed; every episode starts fresh.
+            home = getattr(arm, "home", None)
+            if home is not None:
+                home()
         collector = _EpisodeCollector()
         loop = loop_cls(
             camera,
@@ -1014,7 +1024,10 @@ class SuiteRun:
         finally:
             with self._lock:
                 self._loop = None
-        if ended.reason in ("stop", "estop") and self._stop.is_set():
+        if ended.reason == "estop" or (ended.reason == "stop" and self._stop.is_set()):
+            # An e-stop ends the whole run (the operator must reset it); a stopped episode has no
+            # meaningful verdict, so neither is reported.
+            self._stop.set()
             return None
         # In the simulator the predicate on the final state is the verdict, whatever ended the
         # episode (the model may terminate right after a successful grasp, before success_fn runs).
@@ -1088,6 +1101,11 @@ def _make_sim_rig() -> tuple[Any, Any, Any]:
 
 
 def _make_shield(sim: Any, arm: Any) -> Any:
-    from robot_io.safety import SafetyShield
-
-    return SafetyShield(arm)
+    """The same shield the console and `rt2-cot sim` put between every policy and the arm."""
+    try:
+        from robot_io.safety import SafetyLimits, SafetyShield
+    except ImportError as exc:  # nothing may move without the shield, not even in an evaluation
+        raise Rt2CotError(
+            f"robot_io.safety is not available ({exc}); evaluation runs only behind the shield"
+        ) from exc
+    return SafetyShield(arm, SafetyLimits())
