@@ -193,4 +193,10 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
         )
         replan.release(live.set_replan, [replan], [replan], show_progress="hidden", api_name="set_replan")
         record.input(live.set_record, [record], [record], show_progress="hidden", api_name="set_record")
+
+        def state() -> dict:
+            """The live state as JSON: status, plan, action tokens, decoded action, history, e-stop."""
+            return views.state_dict(runtime.live(), runtime.preview(), runtime.lease.holder_name())
+
+        gr.api(state, api_name="state", queue=False)
     return demo

@@ -432,8 +432,10 @@ class ConsoleRuntime:
         if self._recorder is None:
             factory = self._recorder_factory
             if factory is None:
-                from rt2_cot.sessions import SessionRecorder
-
+                try:
+                    from rt2_cot.sessions import SessionRecorder
+                except ImportError as exc:
+                    raise ConsoleError(f"recording is unavailable in this install: {exc}") from exc
                 factory = SessionRecorder
             root = self.sessions_root / self._session_name()
             self.sessions_root.mkdir(parents=True, exist_ok=True)
@@ -477,10 +479,11 @@ class ConsoleRuntime:
                 self._apply_step(event)
             elif isinstance(event, EpisodeEnded):
                 s.end_reason, s.end_message = event.reason, event.message
-                if event.success is not None:
-                    s.end_message = (s.end_message + " " if s.end_message else "") + (
-                        "success" if event.success else "not successful"
-                    )
+                verdict = {True: "success", False: "not successful"}.get(event.success, "")
+                if verdict and verdict not in s.end_message:
+                    s.end_message = f"{s.end_message} ({verdict})" if s.end_message else verdict
+                if event.reason == verdict:
+                    s.end_message = ""
             self._bump()
 
     def _new_step(self, step: int) -> None:

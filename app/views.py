@@ -155,3 +155,59 @@ def history_frame(rows: list[StepRow], limit: int = 200) -> pd.DataFrame:
         for r in reversed(rows[-limit:])
     ]
     return pd.DataFrame(data, columns=HISTORY_COLUMNS)
+
+
+def state_dict(s: LiveState, p: PreviewState, holder: str | None) -> dict:
+    """The live state as JSON (the console's `/state` API: scripts, tests, the browser benchmark)."""
+    action = None
+    if s.action is not None:
+        a = s.action
+        action = {
+            "terminate": bool(a.terminate),
+            "delta_xyz_m": [float(v) for v in a.delta_xyz_m],
+            "delta_rpy_rad": [float(v) for v in a.delta_rpy_rad],
+            "gripper": float(a.gripper),
+        }
+    arm = None
+    if p.arm is not None:
+        arm = {
+            "ee_xyz_m": [float(v) for v in p.arm.ee_xyz_m],
+            "gripper": float(p.arm.gripper),
+            "holding": bool(p.arm.holding),
+            "connected": bool(p.arm.connected),
+        }
+    return {
+        "status": s.status,
+        "estopped": s.estopped,
+        "episode_id": s.episode_id,
+        "instruction": s.instruction,
+        "step": s.step,
+        "plan": s.plan,
+        "plan_reused": s.plan_reused,
+        "action_tokens": list(s.tokens),
+        "action": action,
+        "error": s.error,
+        "end_reason": s.end_reason,
+        "loop_hz": s.loop_hz,
+        "ttft_ms": s.ttft_ms,
+        "latency_ms": s.latency_ms,
+        "run_to_first_plan_ms": s.run_to_first_plan_ms,
+        "first_step_ttft_ms": s.first_step_ttft_ms,
+        "estop_ms": s.estop_ms,
+        "recording": s.recording,
+        "session": s.session_name,
+        "steps": len(s.history),
+        "history": [
+            {
+                "step": r.step,
+                "plan": r.plan,
+                "tokens": r.tokens,
+                "decoded": r.decoded,
+                "latency_ms": r.latency_ms,
+            }
+            for r in s.history[-20:]
+        ],
+        "control_holder": holder,
+        "preview": {"frame_index": p.frame_index, "fps": round(p.fps, 2), "camera_ok": p.camera_ok},
+        "arm": arm,
+    }
