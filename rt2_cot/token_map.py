@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rt2_cot.action_codec import NUM_BINS
+from robot_io.types import EndEffectorCommand
+from rt2_cot.action_codec import NUM_BINS, OpenVLAActionCodec
 from rt2_cot.errors import ConfigError
 
 TokenMapStyle = Literal["integer", "tail"]
@@ -96,3 +97,18 @@ def detect_token_map(tokenizer, style: str = "auto", vocab_size: int | None = No
                 "this tokenizer does not have single tokens for 0..255; use the tail token map (OpenVLA style)"
             )
     return ActionTokenMap("tail", tuple(tail_token_ids(tokenizer, vocab_size)))
+
+
+@dataclass(frozen=True)
+class OpenVLABinDecoder:
+    """Lets the stream parser decode OpenVLA actions: streamed bins -> tail ids -> OpenVLA's rule.
+
+    The tail map streams bin b for id vocab_size - 1 - b; this maps it back so that
+    `OpenVLAActionCodec` (q01/q99 un-normalisation, 7 tokens) does the decoding.
+    Use as `StreamParser(style="openvla", codec=OpenVLABinDecoder(codec))`.
+    """
+
+    codec: OpenVLAActionCodec
+
+    def decode(self, bins: list[int]) -> EndEffectorCommand:
+        return self.codec.to_command([self.codec.vocab_size - 1 - int(b) for b in bins])

@@ -164,3 +164,15 @@ def test_openvla_rejects_ids_outside_the_tail_and_unknown_datasets(stats_path):
         codec.token_ids_to_action([100] * 7)
     with pytest.raises(ConfigError):
         OpenVLAActionCodec.from_dataset_statistics(stats_path, "fractal", vocab_size=32000)
+
+
+def test_openvla_actions_parse_from_streamed_bins(stats_path):
+    from rt2_cot.streaming import parse_text
+    from rt2_cot.token_map import OpenVLABinDecoder
+
+    codec = OpenVLAActionCodec.from_dataset_statistics(stats_path, None, vocab_size=32000)
+    ids = [31872, 31999, 31872, 31872, 31999, 31872, 31744]
+    bins_ = [32000 - 1 - i for i in ids]  # what the tail token map streams
+    complete = parse_text(" ".join(map(str, bins_)), style="openvla", codec=OpenVLABinDecoder(codec))
+    assert complete.tokens == tuple(bins_)
+    assert complete.command == codec.to_command(ids)
