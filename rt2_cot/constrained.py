@@ -224,6 +224,13 @@ class ActionGrammarProcessor(LogitsProcessor):
             else:  # free plan text
                 mask = self._plan_mask(vocab, scores.device, plan_empty=not clean_plan(state.plan_text))
                 out[row] = scores[row].masked_fill(~mask, float("-inf"))
+            if not torch.isfinite(out[row]).any():
+                # Another processor (a checkpoint's suppress_tokens, min_length...) already ruled out
+                # everything the grammar allows; the grammar wins, uniformly, rather than NaNs.
+                allowed = torch.tensor(self.spec.token_map.ids, device=scores.device)
+                if state.phase is Phase.PLAN:
+                    allowed = self._plan_mask(vocab, scores.device, False).nonzero().squeeze(-1)
+                out[row, allowed] = 0.0
         return out
 
 

@@ -178,3 +178,12 @@ def test_action_regex_enforces_the_grammar_and_the_byte_range():
     assert not re.fullmatch(action_regex("plain"), "300 1 2 3 4 5 6 7")
     with pytest.raises(ConfigError):
         action_regex("openvla")
+
+
+def test_grammar_wins_when_other_processors_ruled_everything_out(wordpiece):
+    spec = GrammarSpec.for_tokenizer(wordpiece, detect_token_map(wordpiece), "cot", given_plan=True)
+    processor = ActionGrammarProcessor(spec, prompt_length=len(PROMPT))
+    scores = torch.full((1, len(wordpiece)), float("-inf"))
+    out = processor(torch.tensor([PROMPT]), scores)
+    allowed = torch.isfinite(out[0]).nonzero().squeeze(-1).tolist()
+    assert sorted(allowed) == sorted(spec.token_map.ids)
