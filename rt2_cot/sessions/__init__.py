@@ -1,0 +1,10 @@
+"""Recorded sessions: LeRobot v3.0 datasets written by the control loop and read by the console.
+
+`SessionRecorder` (a loop subscriber) writes, `recover` closes episodes a crash left open,
+`SessionDataset` reads, exports and deletes, `check_session` validates, `list_sessions` lists.
+"""
+
+from rt2_cot.sessions.layout import SessionError, resolve_session
+from rt2_cot.sessions.recorder import SessionRecorder, recover, set_grade
+
+__all__ = ["SessionError", "SessionRecorder", "recover", "resolve_session", "set_grade"]
