@@ -86,9 +86,8 @@ def load_depth(path: Path, scale_m: float) -> np.ndarray:
 class _TerminalStream:
     """Writes `Plan: ...` as it grows and the action integers as they arrive."""
 
-    def __init__(self, out: TextIO, show_plan_marker: bool) -> None:
+    def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.show_plan_marker = show_plan_marker
         self.started_plan = False
         self.started_action = False
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
-    terminal = _TerminalStream(sys.stderr if args.json else sys.stdout, show_plan_marker=True)
+    terminal = _TerminalStream(sys.stderr if args.json else sys.stdout)
     output = run_step(backend, request, codec, on_event=terminal)
     terminal.end()
     result = {
