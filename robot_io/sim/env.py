@@ -184,6 +184,7 @@ class TabletopSim:
             self._held_offset = np.zeros(3)
             self._held_quat = np.array([1.0, 0.0, 0.0, 0.0])
             self._terminated = False
+            self._last_delta = np.zeros(3)
             self.steps = 0
             self._render_state = _RenderState(model)
             self._set_mocap(self._ee_pos, self._ee_rpy, self._opening)
@@ -300,12 +301,10 @@ class TabletopSim:
         return min(1.0, 2 * min(obj.half_extents[0], obj.half_extents[1]) / self.config.max_opening_m)
 
     def _try_grasp(self) -> None:
-        best, best_d = None, self.config.grasp_radius_m
+        best, best_d = None, float("inf")
         for name, body in self._bodies.items():
-            pos = self.data.xpos[body.body_id]
-            hz = body.obj.half_extents[2]
-            d = float(np.linalg.norm(pos[:2] - self._ee_pos[:2]))
-            if d <= best_d and pos[2] - hz - 0.01 <= self._ee_pos[2] <= pos[2] + hz + 0.005:
+            d = float(np.linalg.norm(self.data.xpos[body.body_id][:2] - self._ee_pos[:2]))
+            if d < best_d and self.can_grasp(name):
                 best, best_d = name, d
         if best is None:
             return
@@ -351,6 +350,22 @@ class TabletopSim:
     def held(self) -> str | None:
         """Name of the object in the gripper, or None."""
         return self._held
+
+    @property
+    def last_delta(self) -> np.ndarray:
+        """End-effector translation actually executed by the last step (after shield and reach limits)."""
+        return self._last_delta.copy()
+
+    def can_grasp(self, name: str) -> bool:
+        """Would closing the gripper now pick up `name`? (fingertips around its centre, within its height)"""
+        with self._lock:
+            pos = self.data.xpos[self._bodies[name].body_id]
+            hz = self._bodies[name].obj.half_extents[2]
+            d = float(np.linalg.norm(pos[:2] - self._ee_pos[:2]))
+            return (
+                d <= self.config.grasp_radius_m
+                and pos[2] - hz - 0.01 <= self._ee_pos[2] <= pos[2] + hz + 0.005
+            )
 
     @property
     def gripper(self) -> float:

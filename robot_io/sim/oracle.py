@@ -98,7 +98,9 @@ def oracle_command(sim: TabletopSim) -> EndEffectorCommand:
             goal = np.array([obj_pos[0], obj_pos[1], min(goal_z, sim.config.ee_bounds[2][1])])
             return _cmd(_toward(ee, goal), 1.0)
         gz = _grasp_z(sim, task.target)
-        if ee[2] > gz + Z_TOL_M:
+        # A shield floor may stop the descent above gz: close once low enough and no longer moving.
+        blocked = sim.can_grasp(task.target) and sim.last_delta[2] > -0.001
+        if ee[2] > gz + Z_TOL_M and not blocked:
             return _cmd(_toward(ee, [obj_pos[0], obj_pos[1], gz]), 1.0)
         if sim.gripper < sim.config.grasp_threshold:
             return _cmd(np.zeros(3), 1.0)  # closed on nothing: open first, then close again
@@ -120,6 +122,7 @@ def oracle_command(sim: TabletopSim) -> EndEffectorCommand:
         return _cmd(_toward(ee, goal), 0.0)
     half_z = sim.object(task.target).half_extents[2]
     release_z = half_z + PLACE_GAP_M - offset[2]
-    if ee[2] > release_z + Z_TOL_M:
+    blocked = ee[2] < CARRY_Z_M - 0.03 and sim.last_delta[2] > -0.001 and sim.last_delta[2] < 0.001
+    if ee[2] > release_z + Z_TOL_M and not blocked:
         return _cmd(_toward(ee, [ee[0], ee[1], release_z]), 0.0)
     return _cmd(np.zeros(3), 1.0)

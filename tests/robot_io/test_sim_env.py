@@ -216,3 +216,25 @@ def test_sim_rig_shares_one_world():
         assert camera.intrinsics.width == 320
     finally:
         sim.close()
+
+
+def test_oracle_copes_with_a_strict_shield(sim):
+    """Clipping like a conservative SafetyShield (2 cm steps, a 2.5 cm floor, slow gripper) only slows it."""
+    codec = ActionCodec()
+    tasks = [sample_task(np.random.default_rng(200 + i), f) for i, f in enumerate(FAMILIES)]
+    tasks.append(task_from_instruction("place the banana on the number 2"))  # the flattest object
+    for i, task in enumerate(tasks):
+        family = task.family
+        sim.reset(task, seed=i)
+        grip = sim.gripper
+        for _ in range(150):
+            command, _ = sim.oracle()
+            command = codec.decode(codec.encode(command))
+            if command.terminate:
+                break
+            delta = np.clip(np.asarray(command.delta_xyz_m), -0.02, 0.02)
+            z = sim.ee_state().ee_xyz_m[2]
+            delta[2] = max(delta[2], 0.025 - z)
+            grip = float(np.clip(command.gripper, grip - 0.3, grip + 0.3))
+            sim.apply(EndEffectorCommand(delta_xyz_m=tuple(delta), gripper=grip))
+        assert sim.success(), f"{family}: {sim.task.instruction!r}"
