@@ -1070,7 +1070,7 @@ class SuiteRun:
             _yes_no(result.passed),
             result.steps,
             result.end_reason,
-            result.plan,
+            result.plan if len(result.plan) <= 80 else result.plan[:77] + "...",
             "names the object" if result.plan_correct else f"misses {case.expected_plan_object[0]!r}",
         )
         return result

@@ -359,3 +359,32 @@ def test_cli_eval_oracle_json_and_reports(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "smoke (oracle): 1 episodes" in text and "# Comparison: smoke" in text
+
+
+@pytest.mark.skipif(SafetyShield is None, reason="robot_io.safety (the shield) is not in the tree yet")
+def test_cli_eval_drives_a_real_transformers_checkpoint(tmp_path, capsys):
+    """`--model DIR` goes through load_backend + VLAPolicy: a random tiny VLM fails every case, but
+    constrained decoding still makes every step a valid action."""
+    from rt2_cot.cli import main
+    from rt2_cot.tiny_vlm import build_tiny_paligemma
+
+    path = build_tiny_paligemma(tmp_path / "tiny")
+    code = main(
+        [
+            "eval",
+            "--suite",
+            str(SMOKE),
+            "--model",
+            str(path),
+            "--case",
+            "smoke_thirsty",
+            "--max-steps",
+            "2",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"].startswith("vla:") and out["model"] == str(path)
+    assert out["episodes"] == 1 and out["valid_action_rate"] == 1.0
+    assert out["success_rate"] == 0.0
