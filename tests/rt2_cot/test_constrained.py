@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -187,3 +188,19 @@ def test_grammar_wins_when_other_processors_ruled_everything_out(wordpiece):
     out = processor(torch.tensor([PROMPT]), scores)
     allowed = torch.isfinite(out[0]).nonzero().squeeze(-1).tolist()
     assert sorted(allowed) == sorted(spec.token_map.ids)
+
+
+def test_token_map_detection_and_overrides(wordpiece, digit_splitting):
+    integer = detect_token_map(wordpiece)
+    assert [wordpiece.decode([integer.id_of(b)]) for b in (0, 7, 131, 255)] == ["0", "7", "131", "255"]
+    assert integer.bin_of(integer.id_of(200)) == 200 and integer.bin_of(wordpiece.eos_token_id) is None
+    tail = detect_token_map(wordpiece, style="tail")  # an OpenVLA-style checkpoint on the same vocabulary
+    assert tail.ids[0] == wordpiece.vocab_size - 1 and tail.ids[255] == wordpiece.vocab_size - 256
+    with pytest.raises(ConfigError, match="single tokens"):
+        detect_token_map(digit_splitting, style="integer")
+    with pytest.raises(ConfigError, match="too small"):
+        detect_token_map(digit_splitting, style="tail", vocab_size=300)
+    # An added special token inside the tail would be sampled as an action: refuse the map.
+    tokenizer_with_special_in_tail = SimpleNamespace(vocab_size=600, all_special_ids=[0, 550])
+    with pytest.raises(ConfigError, match="special tokens"):
+        detect_token_map(tokenizer_with_special_in_tail, style="tail")
