@@ -531,6 +531,7 @@ def _summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "plan_accuracy": _rate(sum(r.plan_correct for r in results), len(results)),
         "valid_action_rate": _rate(sum(r.valid_steps for r in results), steps),
         "mean_steps": _rate(steps, len(results)),
+        "mean_step_ms": _rate(sum(r.mean_step_ms * r.steps for r in results), steps),
     }
 
 
@@ -701,7 +702,8 @@ class EvalReport:
             f"{self.episodes_per_case} episode(s) per case, seed {self.seed}, at most {self.max_steps} steps",
             f"- run: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.started_at))}, "
             f"{self.duration_s:.1f} s" + (" (stopped early)" if self.stopped else ""),
-            f"- episodes: {s['episodes']} ({s['graded']} graded)",
+            f"- episodes: {s['episodes']} ({s['graded']} graded), {s['mean_steps'] or 0:.1f} steps and "
+            f"{s['mean_step_ms'] or 0:.0f} ms a step on average",
             f"- **success: {_pct(s['success_rate'])}**, plan accuracy: {_pct(s['plan_accuracy'])}, "
             f"valid actions: {_pct(s['valid_action_rate'])}",
             "",
@@ -947,38 +949,39 @@ class SuiteRun:
             sim, arm, camera = _make_sim_rig()
             arm.connect()
             camera.connect()
-        shield = self.shield if self.shield is not None else _make_shield(sim, arm)
-        policy = self.policy_factory(sim)
-        report = EvalReport(
-            suite=self.suite.name,
-            policy=getattr(policy, "name", type(policy).__name__),
-            model=self.model,
-            mode="manual" if self.manual else "sim",
-            seed=self.seed,
-            episodes_per_case=self.episodes_per_case,
-            max_steps=self.max_steps,
-            suite_path=self.suite.path,
-            label=self.label,
-        )
         t0 = time.monotonic()
-        tasks = {} if self.manual else {c.id: build_task(c, self.suite.path) for c in self.suite.cases}
+        report: EvalReport | None = None
         try:
+            shield = self.shield if self.shield is not None else _make_shield(sim, arm)
+            tasks = {} if self.manual else {c.id: build_task(c, self.suite.path) for c in self.suite.cases}
+            policy = self.policy_factory(sim)
+            report = EvalReport(
+                suite=self.suite.name,
+                policy=getattr(policy, "name", type(policy).__name__),
+                model=self.model,
+                mode="manual" if self.manual else "sim",
+                seed=self.seed,
+                episodes_per_case=self.episodes_per_case,
+                max_steps=self.max_steps,
+                suite_path=self.suite.path,
+                label=self.label,
+            )
             for case in self.suite.cases:
                 for episode, scene_seed in enumerate(case.episode_seeds(self.seed, self.episodes_per_case)):
-                    if self._stop.is_set():
-                        report.stopped = True
-                        return report
-                    result = self._run_episode(
-                        ControlLoop, (sim, arm, camera), shield, policy, case, tasks, episode, scene_seed
-                    )
-                    if result is None:  # stopped mid-episode: the verdict would be meaningless
+                    result = None
+                    if not self._stop.is_set():
+                        result = self._run_episode(
+                            ControlLoop, (sim, arm, camera), shield, policy, case, tasks, episode, scene_seed
+                        )
+                    if result is None:  # stopped (or e-stopped): an interrupted episode has no verdict
                         report.stopped = True
                         return report
                     report.results.append(result)
                     if self.on_result is not None:
                         self.on_result(result)
         finally:
-            report.duration_s = time.monotonic() - t0
+            if report is not None:
+                report.duration_s = time.monotonic() - t0
             if self.rig is None:  # a rig we built is ours to release
                 camera.disconnect()
                 arm.disconnect()

@@ -97,6 +97,7 @@ def test_report_numbers_per_run_category_and_split():
         "plan_accuracy": 1.0,
         "valid_action_rate": 1.0,
         "mean_steps": 10.0,
+        "mean_step_ms": 0.0,
     }
     assert d["by_category"]["reasoning"]["success_rate"] == 0.0
     assert d["by_split"]["heldout_phrasing"]["episodes"] == 1
