@@ -389,3 +389,18 @@ def test_cli_eval_drives_a_real_transformers_checkpoint(tmp_path, capsys):
     assert out["policy"].startswith("vla:") and out["model"] == str(path)
     assert out["episodes"] == 1 and out["valid_action_rate"] == 1.0
     assert out["success_rate"] == 0.0
+
+
+def test_cli_eval_bad_model_or_options_fail_in_one_line(capsys, tmp_path):
+    from rt2_cot.cli import main
+
+    for argv, fragment in [
+        (["--model", str(tmp_path / "missing")], "not found"),
+        (["--policy", "oracle", "--episodes", "0"], "--episodes must be at least 1"),
+        (["--policy", "oracle", "--category", "reasonin"], "unknown categor"),
+    ]:
+        assert main(["eval", "--suite", str(SMOKE), *argv]) == 2
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and fragment in errors[0], captured.err
+        assert "Traceback" not in captured.err and captured.out == ""
