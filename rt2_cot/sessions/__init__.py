@@ -4,7 +4,20 @@
 `SessionDataset` reads, exports and deletes, `check_session` validates, `list_sessions` lists.
 """
 
+from rt2_cot.sessions.check import CheckReport, check_session
+from rt2_cot.sessions.dataset import SessionDataset, delete_session, list_sessions
 from rt2_cot.sessions.layout import SessionError, resolve_session
 from rt2_cot.sessions.recorder import SessionRecorder, recover, set_grade
 
-__all__ = ["SessionError", "SessionRecorder", "recover", "resolve_session", "set_grade"]
+__all__ = [
+    "CheckReport",
+    "SessionDataset",
+    "SessionError",
+    "SessionRecorder",
+    "check_session",
+    "delete_session",
+    "list_sessions",
+    "recover",
+    "resolve_session",
+    "set_grade",
+]
