@@ -10,8 +10,11 @@ from app.handlers import LiveHandlers
 from app.runtime import ConsoleRuntime
 
 CSS = """
-#console-header { position: sticky; top: 0; z-index: 1000; background: var(--background-fill-primary);
-  border-bottom: 1px solid var(--border-color-primary); padding: 6px 4px; align-items: center; }
+#console-header { border-bottom: 1px solid var(--border-color-primary); padding: 6px 4px; align-items: center; }
+/* The E-stop and its latch state are pinned to the viewport: visible on every tab, at any scroll. */
+#estop-btn { position: fixed !important; top: 10px; right: 16px; width: 240px !important; z-index: 2000; }
+#estop-state-box { position: fixed !important; top: 82px; right: 16px; width: 240px !important; z-index: 2000; }
+#estop-spacer { min-height: 120px; }
 #estop-btn { background: #c8102e !important; color: #fff !important; font-size: 1.5rem !important;
   font-weight: 800 !important; min-height: 64px; border-radius: 10px !important; letter-spacing: .05em;
   box-shadow: 0 0 0 3px #fff inset, 0 2px 6px rgba(0,0,0,.3); }
@@ -92,14 +95,13 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                     ),
                     elem_id="status",
                 )
-            with gr.Column(scale=2, min_width=220):
-                estop_state = gr.HTML(views.estop_html(s0), elem_id="estop-state-box")
-                with gr.Row():
-                    take_btn = gr.Button("Take control", size="sm", elem_id="take-btn")
-                    release_btn = gr.Button("Release", size="sm", elem_id="release-btn")
-                    reset_btn = gr.Button("Reset E-stop", size="sm", elem_id="reset-estop-btn")
-            with gr.Column(scale=2, min_width=200):
+            with gr.Column(scale=2, min_width=220), gr.Row():
+                take_btn = gr.Button("Take control", size="sm", elem_id="take-btn")
+                release_btn = gr.Button("Release", size="sm", elem_id="release-btn")
+                reset_btn = gr.Button("Reset E-stop", size="sm", elem_id="reset-estop-btn")
+            with gr.Column(scale=2, min_width=260, elem_id="estop-spacer"):
                 estop_btn = gr.Button("E-STOP", elem_id="estop-btn")
+                estop_state = gr.HTML(views.estop_html(s0), elem_id="estop-state-box")
 
         with gr.Tabs():
             with gr.Tab("Live", id="live"):
@@ -124,6 +126,7 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                         gr.Markdown(
                             "Enter runs · Alt+S step · Alt+X stop · **Esc E-STOP**", elem_classes=["kbd-hint"]
                         )
+                        reasoning = gr.HTML(views.reasoning_html(s0), elem_id="reasoning-box")
                         with gr.Row():
                             replan = gr.Slider(
                                 0,
@@ -132,6 +135,7 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                                 step=1,
                                 label="Re-plan every N steps (0 = once per command)",
                                 elem_id="replan",
+                                scale=3,
                             )
                             max_steps = gr.Number(
                                 value=runtime.max_steps,
@@ -139,15 +143,24 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                                 minimum=1,
                                 label="Step limit",
                                 elem_id="max-steps",
+                                scale=1,
+                                min_width=90,
                             )
-                            record = gr.Checkbox(value=False, label="Record session", elem_id="record-box")
-                        reasoning = gr.HTML(views.reasoning_html(s0), elem_id="reasoning-box")
+                            record = gr.Checkbox(
+                                value=False,
+                                label="Record session",
+                                elem_id="record-box",
+                                scale=1,
+                                min_width=90,
+                            )
                 history = gr.Dataframe(
                     value=views.history_frame([]),
                     label="Step history (newest first)",
                     interactive=False,
                     wrap=True,
                     max_height=320,
+                    column_widths=["4%", "30%", "17%", "27%", "6%", "6%", "5%", "5%"],
+                    max_chars=160,
                     elem_id="history",
                 )
             with gr.Tab("Sessions", id="sessions"):

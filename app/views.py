@@ -125,8 +125,15 @@ def status_html(
         f'<div id="status-strip">'
         f'<span class="pill {cam_cls}" id="camera-state">camera {html.escape(camera)}: {html.escape(p.camera_message)} · {p.fps:.0f} fps</span>'
         f'<span class="pill {arm_cls}" id="arm-state">arm {html.escape(arm)}: {html.escape(arm_txt)}</span>'
-        f'<span class="pill">model {html.escape(model)}</span>{control}{rec}</div>'
+        f'<span class="pill" title="{html.escape(model)}">model {html.escape(_short(model))}</span>{control}{rec}</div>'
     )
+
+
+def _short(spec: str) -> str:
+    """A model folder shown by its last path component; URLs and names as they are."""
+    if "://" in spec or "/" not in spec:
+        return spec
+    return spec.rstrip("/").rsplit("/", 1)[-1]
 
 
 def estop_html(s: LiveState) -> str:
