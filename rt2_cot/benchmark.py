@@ -1,0 +1,310 @@
+"""Speed of one control step, measured side by side in one process: chain-of-thought every step,
+plan reuse, and the naive path (plain transformers `generate()` per step, no reuse, no custom loop).
+
+The process holds the model and the MuJoCo simulator, and every step the simulator renders a real
+frame which all three paths see (interleaved per step, so a busy machine slows them alike); the
+chain-of-thought path's action is applied to the simulator, closing the loop. Each path goes
+through the same `VLAPolicy` -> `run_step` -> streaming parser -> codec as the console, so the
+rates are what the control loop gets from the model.
+
+Definitions (JSON keys per DESIGN.md):
+  cot_every_step_hz  1000 / mean step latency with a fresh plan every step (fast backend)
+  plan_reuse_hz      same with `replan_every` (default 10): the plan is given text on other steps
+  naive_hz           same for generate() per step with a plan every step
+  ttft_ms_p50        time to the first streamed text chunk, chain-of-thought path
+  step_ms_p50/p95    per-step latency, chain-of-thought path
+  tokens_per_s       generated tokens / generation time, chain-of-thought path
+  rss_mb             peak resident memory of this process (model + simulator + everything)
+  sim_ms_p50         render + physics per step (not included in the rates above)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from rt2_cot.backends.base import Backend, GenerationRequest
+from rt2_cot.errors import ConfigError, ModelLoadError
+
+DEFAULT_INSTRUCTION_SEED = 0
+
+
+@dataclass
+class BenchResult:
+    cot_every_step_hz: float
+    plan_reuse_hz: float
+    naive_hz: float | None
+    ttft_ms_p50: float
+    step_ms_p50: float
+    step_ms_p95: float
+    tokens_per_s: float
+    rss_mb: float
+    # context: what was measured, on what
+    plan_reuse_step_ms_p50: float = 0.0
+    naive_step_ms_p50: float | None = None
+    sim_ms_p50: float = 0.0
+    speedup_cot_vs_naive: float | None = None
+    speedup_reuse_vs_naive: float | None = None
+    valid_action_fraction: float = 0.0
+    draft_acceptance: float | None = None
+    steps: int = 0
+    replan_every: int = 10
+    model: str = ""
+    weights: str = ""
+    instruction: str = ""
+    threads: int = 0
+    cpu_count: int = 0
+    load_average: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float):
+                out[key] = round(value, 2)
+        return out
+
+
+class NaiveGenerateBackend:
+    """The baseline: processor + `model.generate()` per step under the same action grammar, greedy,
+    no KV reuse across steps, no custom loop, no streaming thread; the text arrives in one piece."""
+
+    name = "naive-generate"
+
+    def __init__(self, model, processor, max_plan_tokens: int | None = None) -> None:
+        from rt2_cot.token_map import detect_token_map
+
+        self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
+        self.token_map = detect_token_map(self.tokenizer)
+        self.max_plan_tokens = max_plan_tokens
+
+    def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
+        import torch
+
+        from rt2_cot.constrained import DEFAULT_MAX_PLAN_TOKENS, ActionGrammarProcessor, GrammarSpec
+        from rt2_cot.prompts import build_prompt
+
+        spec = GrammarSpec.for_tokenizer(
+            self.tokenizer,
+            self.token_map,
+            style=request.prompt_style,
+            given_plan=request.given_plan is not None,
+            max_new_tokens=request.max_new_tokens,
+            max_plan_tokens=self.max_plan_tokens or DEFAULT_MAX_PLAN_TOKENS,
+            eos_id=int(self.model.config.eos_token_id),
+        )
+        text = build_prompt(request.prompt_style, request.instruction, request.given_plan)
+        inputs = self.processor(images=request.image, text=text)
+        n = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                logits_processor=[ActionGrammarProcessor(spec, n)],
+                max_new_tokens=spec.max_new_tokens,
+                eos_token_id=spec.eos_id,
+                pad_token_id=spec.eos_id,
+                do_sample=False,
+            )
+        ids = out[0, n:].tolist()
+        # Action ids as their bin numbers, like every other backend streams them.
+        plan = [t for t in ids if self.token_map.bin_of(t) is None and t != spec.eos_id]
+        bins = [self.token_map.bin_of(t) for t in ids if self.token_map.bin_of(t) is not None]
+        yield self.tokenizer.decode(plan, skip_special_tokens=True) + "".join(f" {b}" for b in bins)
+
+
+def random_builtin_model(seed: int = 0):
+    """rt2-cot-mini with the built-in config and random trained parts (frozen parts pretrained).
+
+    Its output vocabulary is built like the trainer's, from simulator task texts."""
+    import torch
+
+    import rt2_cot.model as rt2_model
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.training import build_output_vocabulary
+
+    tokenizer = rt2_model.load_tokenizer()
+    rng = np.random.default_rng(seed)
+    tasks = [sample_task(rng) for _ in range(200)]
+    ids = build_output_vocabulary(tokenizer, [t.instruction for t in tasks] + [t.plan for t in tasks])
+    torch.manual_seed(seed)
+    model = rt2_model.Rt2CotMiniForConditionalGeneration(rt2_model.Rt2CotMiniConfig(output_token_ids=ids))
+    model.load_pretrained_parts()
+    processor = rt2_model.Rt2CotMiniProcessor(tokenizer=tokenizer, image_size=model.config.image_size)
+    plan_tokens = [len(tokenizer(t.plan, add_special_tokens=False)["input_ids"]) for t in tasks]
+    return model.eval(), processor, int(np.ceil(np.mean(plan_tokens)))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_benchmark(
+    model: str = "builtin",
+    steps: int = 30,
+    warmup: int = 3,
+    replan_every: int = 10,
+    seed: int = DEFAULT_INSTRUCTION_SEED,
+    naive: bool = True,
+    threads: int = 2,
+) -> BenchResult:
+    """Measure the three paths on `steps` simulator frames (after `warmup` untimed steps)."""
+    import torch
+
+    from robot_io.sim.env import SimConfig, TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.backends import builtin_checkpoint, load_backend
+    from rt2_cot.policy import Observation
+    from rt2_cot.vla_policy import VLAPolicy
+
+    if steps < 1 or warmup < 0 or replan_every < 1:
+        raise ConfigError("--steps must be >= 1, --warmup >= 0 and --replan-every >= 1")
+    torch.set_num_threads(threads)
+    notes: list[str] = []
+    fast: Backend
+    naive_backend: Backend | None = None
+    weights = model
+    missing = model == "builtin" and not (builtin_checkpoint() / "config.json").is_file()
+    if model == "random" or missing:
+        # Speed does not depend on the trained weights; only the plan length does, so the plan
+        # budget is set to the mean length of the simulator's canonical plans.
+        from rt2_cot.backends.builtin import BuiltinBackend
+
+        m, processor, plan_tokens = random_builtin_model(seed)
+        fast = BuiltinBackend(model=m, processor=processor, num_threads=threads, max_plan_tokens=plan_tokens)
+        naive_backend = NaiveGenerateBackend(m, processor, max_plan_tokens=plan_tokens) if naive else None
+        weights = f"random init of the built-in config; plan budget {plan_tokens} tokens"
+        if missing:
+            notes.append(
+                f"no built-in checkpoint at {builtin_checkpoint()}: measured a random init of its config"
+            )
+    else:
+        fast = load_backend(model)
+        inner = getattr(fast, "model", None)
+        processor = getattr(fast, "processor", None)
+        if naive and inner is not None and processor is not None and hasattr(inner, "generate"):
+            naive_backend = NaiveGenerateBackend(inner, processor, getattr(fast, "max_plan_tokens", None))
+        elif naive:
+            notes.append(
+                f"naive path not measured: {type(fast).__name__} does not hold a local transformers model"
+            )
+        if model == "builtin":
+            weights = str(builtin_checkpoint())
+    torch.set_num_threads(threads)  # backends may have changed it
+
+    sim = TabletopSim(SimConfig())
+    rng = np.random.default_rng(seed)
+    task = sample_task(rng)
+    sim.reset(task, seed)
+    instruction = task.instruction
+    policies = {}
+    if naive_backend is not None:
+        policies["naive"] = VLAPolicy(naive_backend, replan_every=1)
+    policies["reuse"] = VLAPolicy(fast, replan_every=replan_every)
+    policies["cot"] = VLAPolicy(fast, replan_every=1)  # last, so `fast.last_stats` is the cot step's
+    for policy in policies.values():
+        policy.reset(instruction)
+
+    lat: dict[str, list[float]] = {k: [] for k in policies}
+    ttft: list[float] = []
+    sim_ms: list[float] = []
+    tokens = 0
+    gen_ms = 0.0
+    valid = 0
+    drafted = accepted = 0
+    logger.info("bench: {} steps (+{} warm-up) of {!r} on {}", steps, warmup, instruction, weights)
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        frame = sim.render()
+        sim_t = (time.perf_counter() - t0) * 1e3
+        obs = Observation(frame=frame, arm=sim.ee_state(), instruction=instruction, step=step)
+        outputs = {}
+        for name, policy in policies.items():
+            outputs[name] = policy.step(obs)
+        timed = step >= warmup
+        if timed:
+            for name, out in outputs.items():
+                lat[name].append(out.latency_ms)
+            cot = outputs["cot"]
+            if cot.ttft_ms is not None:
+                ttft.append(cot.ttft_ms)
+            valid += cot.command is not None
+            stats = getattr(fast, "last_stats", None)
+            if stats is not None:
+                tokens += len(stats.generated_ids)
+                drafted += stats.draft_tokens
+                accepted += stats.accepted_draft_tokens
+            else:  # a backend without stats: count words, roughly tokens for these outputs
+                tokens += len(cot.text.split())
+            gen_ms += cot.latency_ms
+        t1 = time.perf_counter()
+        command = outputs["cot"].command
+        sim.apply(command if command is not None else _hold(sim))
+        if timed:
+            sim_ms.append(sim_t + (time.perf_counter() - t1) * 1e3)
+
+    def hz(values: list[float]) -> float:
+        return 1000.0 / float(np.mean(values)) if values else 0.0
+
+    cot_hz, reuse_hz = hz(lat["cot"]), hz(lat["reuse"])
+    naive_hz = hz(lat["naive"]) if "naive" in lat else None
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    if load and load[0] > 1.0:
+        notes.append(f"machine shared: load average {load[0]:.2f} on {os.cpu_count()} cores during the run")
+    return BenchResult(
+        cot_every_step_hz=cot_hz,
+        plan_reuse_hz=reuse_hz,
+        naive_hz=naive_hz,
+        ttft_ms_p50=_percentile(ttft, 50),
+        step_ms_p50=_percentile(lat["cot"], 50),
+        step_ms_p95=_percentile(lat["cot"], 95),
+        tokens_per_s=tokens / (gen_ms / 1000.0) if gen_ms else 0.0,
+        rss_mb=_peak_rss_mb(),
+        plan_reuse_step_ms_p50=_percentile(lat["reuse"], 50),
+        naive_step_ms_p50=_percentile(lat["naive"], 50) if "naive" in lat else None,
+        sim_ms_p50=_percentile(sim_ms, 50),
+        speedup_cot_vs_naive=cot_hz / naive_hz if naive_hz else None,
+        speedup_reuse_vs_naive=reuse_hz / naive_hz if naive_hz else None,
+        valid_action_fraction=valid / steps,
+        draft_acceptance=(accepted / drafted) if drafted else None,
+        steps=steps,
+        replan_every=replan_every,
+        model=model,
+        weights=weights,
+        instruction=instruction,
+        threads=threads,
+        cpu_count=os.cpu_count() or 0,
+        load_average=[round(v, 2) for v in load],
+        notes=[*notes, f"{platform.processor() or platform.machine()}, torch {torch.__version__}"],
+    )
+
+
+def _hold(sim):
+    from robot_io.types import EndEffectorCommand
+
+    return EndEffectorCommand.hold(sim.ee_state().gripper)
+
+
+def check_model_spec(model: str) -> None:
+    """Fail early, with one line, for a --model that cannot be benchmarked (`random`: the built-in
+    config with random weights, since speed does not depend on what the weights are)."""
+    if model.startswith(("http://", "https://")):
+        return
+    if model not in ("builtin", "random") and not Path(model).exists():
+        raise ModelLoadError(f"model folder {model} does not exist; pass builtin or a checkpoint folder")
