@@ -97,27 +97,8 @@ class RobotData:
         return len(self.frames)
 
     # -- frozen features, computed once and stored beside each shard --------------------------------
-    def load_features(self, model, batch_size: int = 64) -> None:
-        parts = []
-        for shard in self.shards:
-            cache = shard.path.with_name(shard.path.stem + ".features.npy")
-            if cache.exists():
-                arr = np.load(cache)
-                if arr.shape[0] == shard.num_frames:
-                    parts.append(torch.from_numpy(arr))
-                    continue
-            logger.info(f"computing frozen image features for {shard.path.name} ({shard.num_frames} frames)")
-            out = []
-            with torch.no_grad():
-                for i in range(0, shard.num_frames, batch_size):
-                    px = pixels_from_uint8(shard.images[i : i + batch_size])
-                    fine, coarse = model.vision.maps(px)
-                    out.append(pack_maps(fine, coarse))
-            arr = torch.cat(out).numpy()
-            np.save(cache.with_name(cache.name + ".tmp.npy"), arr)
-            cache.with_name(cache.name + ".tmp.npy").rename(cache)
-            parts.append(torch.from_numpy(arr))
-        self.features = torch.cat(parts)
+    def load_features(self, model) -> None:
+        self.features = torch.cat([torch.from_numpy(shard_features(shard, model)) for shard in self.shards])
         for shard in self.shards:  # pixels are no longer needed; features are 1/3 of their size
             shard.images = shard.images[:0]
 
@@ -188,6 +169,40 @@ class RobotData:
         texts = {fmt.cot_target(f["plan"], [0] * 8) for f in self.frames}
         texts |= {fmt.vl_target(a) for _, _, a, _ in self.vl}
         return sorted(texts)
+
+
+def features_path(shard_path: Path) -> Path:
+    return shard_path.with_name(shard_path.stem + ".features.npy")
+
+
+def shard_features(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
+    """(N, 27648) fp16 backbone features of a shard, from its cache file or computed and cached."""
+    cache = features_path(shard.path)
+    if cache.exists():
+        arr = np.load(cache)
+        if arr.shape[0] == shard.num_frames:
+            return arr
+    logger.info(f"computing frozen image features for {shard.path.name} ({shard.num_frames} frames)")
+    out = []
+    with torch.no_grad():
+        for i in range(0, shard.num_frames, batch_size):
+            fine, coarse = model.vision.maps(pixels_from_uint8(shard.images[i : i + batch_size]))
+            out.append(pack_maps(fine, coarse))
+    arr = torch.cat(out).numpy()
+    tmp = cache.with_name(cache.name + ".tmp.npy")
+    np.save(tmp, arr)
+    tmp.rename(cache)
+    return arr
+
+
+def precompute_features(folder: Path, model) -> int:
+    """Cache features for every complete shard in `folder` that lacks them (runs beside datagen)."""
+    done = 0
+    for path in fmt.shard_paths(folder):
+        if not features_path(path).exists():
+            shard_features(fmt.read_shard(path), model)
+            done += 1
+    return done
 
 
 def pack_maps(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:

@@ -324,7 +324,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
 
         `labels` (B, T) aligned with `input_ids`, -100 = ignored; the usual next-token shift applies.
         """
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         h = self.hidden_states(input_ids, pixel_values, image_features, attention_mask, past_key_values)

