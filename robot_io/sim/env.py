@@ -263,6 +263,7 @@ class TabletopSim:
                 grip,
                 goal_open,
             )
+            self._last_delta = goal_pos - start_pos
             self._ee_rpy[2] = (self._ee_rpy[2] + math.pi) % (2 * math.pi) - math.pi
             closed = grip < cfg.grasp_threshold
             if self._held is not None and not closed:

@@ -354,6 +354,14 @@ def layout(task, rng: np.random.Generator, include_heldout: bool) -> tuple[list[
     if constraint.startswith("unique_class:"):
         cls = constraint.split(":", 1)[1]
         pool = [n for n in pool if KINDS[parse_object_name(n)[0]].cls != cls]
+    if constraint in ("smallest", "largest"):
+        # Only distractors that can be made clearly (25%) larger / smaller than the target.
+        t_size = make_object(task.target, 0.8 if constraint == "smallest" else 1.25, (0, 0, 0), 0.0).size
+        base = {n: make_object(n, 1.0, (0, 0, 0), 0.0).size for n in pool}
+        if constraint == "smallest":
+            pool = [n for n in pool if base[n] * 1.2 >= t_size * 1.25]
+        else:
+            pool = [n for n in pool if base[n] * 0.8 <= t_size / 1.25]
     for _attempt in range(200):
         n_extra = min(task.distractors, len(pool))
         extra = [str(x) for x in rng.choice(pool, size=n_extra, replace=False)] if n_extra else []

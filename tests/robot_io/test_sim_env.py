@@ -62,8 +62,11 @@ def test_oracle_solves_every_family(sim, family):
 
 
 def test_oracle_solves_heldout_scenes(sim):
-    for seed in range(4):
-        task = sample_task(np.random.default_rng(seed), split="heldout")
+    tall = task_from_instruction("pick up the green bottle", split="heldout_objects")  # grasped high up
+    crowded = sample_task(np.random.default_rng(5), "smallest", split="heldout_distractors")
+    for seed, task in enumerate(
+        [tall, crowded, *(sample_task(np.random.default_rng(s), split="heldout") for s in range(4))]
+    ):
         sim.reset(task, seed=seed)
         _run_oracle(sim)
         assert sim.success(), task.instruction
