@@ -90,6 +90,7 @@ def _tasks(args):
 def run(args: argparse.Namespace) -> int:
     from robot_io.sim import make_sim_rig
     from rt2_cot.control_loop import ControlLoop
+    from rt2_cot.loop_events import StepRecord
 
     tasks = list(_tasks(args))  # parse/validate everything before building the simulator
     sim, arm, camera = make_sim_rig()
@@ -112,11 +113,17 @@ def run(args: argparse.Namespace) -> int:
             arm.home()
             if getattr(shield, "estopped", False):
                 shield.reset_estop()
+            plans: list[str] = []
+
+            def collect(event, plans=plans):
+                if isinstance(event, StepRecord) and event.output.plan.strip():
+                    plans.append(event.output.plan.strip().lower())
+
             loop = ControlLoop(
                 camera,
                 shield,
                 policy,
-                subscribers,
+                [*subscribers, collect],
                 rate_hz=rate,
                 max_steps=args.max_steps,
                 success_fn=sim.success,
@@ -133,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
                     "success": success,
                     "steps": ended.steps,
                     "reason": ended.reason,
+                    # Does the policy's first plan name the object the task is about?
+                    "plan_correct": bool(plans) and task.target in plans[0],
+                    "first_plan": plans[0] if plans else "",
                 }
             )
             logger.info(
@@ -173,6 +183,7 @@ def _report(results: list[dict], elapsed: float, args) -> dict:
             for fam, rs in by.items()
         },
         "mean_steps": total_steps / n if n else 0.0,
+        "plan_accuracy": sum(r["plan_correct"] for r in results) / n if n else 0.0,
         "mean_steps_success": (
             float(np.mean([r["steps"] for r in results if r["success"]]))
             if any(r["success"] for r in results)

@@ -154,6 +154,7 @@ def test_cli_sim_five_oracle_episodes(capsys, shield_module, tmp_path):
     assert sum(v["episodes"] for v in report["by_category"].values()) == 5
     assert len(report["by_category"]) == 5, "a mixed run cycles through the families"
     assert 3 <= report["mean_steps"] <= 60
+    assert report["plan_accuracy"] == 1.0 and all(r["plan_correct"] for r in report["results"])
     assert video.stat().st_size > 10_000
 
 
