@@ -270,7 +270,7 @@ def video_keys(info: dict) -> list[str]:
 
 
 def read_episodes(root: Path) -> Any:
-    """All rows of meta/episodes as one DataFrame sorted by episode_index (empty when none)."""
+    """The committed rows of meta/episodes as one DataFrame sorted by episode_index (empty when none)."""
     import pandas as pd
 
     folder = root / "meta" / "episodes"
@@ -286,6 +286,10 @@ def read_episodes(root: Path) -> Any:
         except Exception as exc:
             raise SessionError(f"{root}: {f.relative_to(root)} is unreadable ({exc})") from None
     df = pd.concat(frames, ignore_index=True)
+    # info.json is written last in a commit, so it is the commit point: rows beyond its
+    # total_episodes belong to a commit that died half-way and will be redone by recovery.
+    if (root / INFO_PATH).exists():
+        df = df[df["episode_index"] < int(read_info(root).get("total_episodes", 0))]
     return df.sort_values("episode_index", kind="stable").reset_index(drop=True)
 
 
