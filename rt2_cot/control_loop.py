@@ -102,6 +102,11 @@ class ControlLoop:
 
     def step_once(self, instruction: str) -> StepRecord:
         """One step (single-step mode in the console). A new instruction starts a new episode."""
+        # A single step is an explicit request: an earlier stop() must not cancel it.
+        self._stop.clear()
+        cancel = getattr(self.policy, "stop_event", None)
+        if isinstance(cancel, threading.Event):
+            cancel.clear()
         if not self.episode_id or instruction != self.instruction:
             self._begin(instruction)
         return self._step()

@@ -224,3 +224,13 @@ def test_step_once_starts_a_new_episode_on_a_new_instruction():
     assert (r0.step, r1.step, r2.step) == (0, 1, 0)
     assert r0.episode_id == r1.episode_id != r2.episode_id
     assert [e.instruction for e in events if isinstance(e, EpisodeStarted)] == ["a", "b"]
+
+
+def test_stop_cancels_a_streaming_policy_and_a_later_single_step_still_runs():
+    camera, shield, policy = _rig()
+    policy.stop_event = threading.Event()
+    loop = ControlLoop(camera, shield, policy)
+    loop.stop()
+    assert policy.stop_event.is_set(), "stop() reaches into a generating policy"
+    record = loop.step_once("a")
+    assert record.command_sent is not None and not policy.stop_event.is_set()
