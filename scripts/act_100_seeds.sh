@@ -3,10 +3,15 @@
 # `rt2-cot act --json` N times (default 100) with different seeds and sampling, and count the runs
 # that print 8 integers in 0..255 and a non-empty plan. Exit 0 only if every run is valid.
 #
-#   bash scripts/act_100_seeds.sh [N]
+#   bash scripts/act_100_seeds.sh [N] [--in-process]
+#
+# --in-process calls the same CLI entry point (`rt2_cot.cli.main(["act", ...])`, which loads the
+# checkpoint afresh each run) in one Python process: same code path without 100 interpreter and
+# torch start-ups, for a busy machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-100}"
+MODE="${2:-subprocess}"
 PY="${PY:-.venv/bin/python}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="$(mktemp -d)"
@@ -25,6 +30,24 @@ PYEOF
 
 : > "$WORK/results.jsonl"
 start=$(date +%s)
+if [ "$MODE" = "--in-process" ]; then
+  "$PY" - "$WORK" "$N" <<'PYEOF'
+import contextlib, io, json, sys
+from pathlib import Path
+from rt2_cot.cli import main
+work, n = Path(sys.argv[1]), int(sys.argv[2])
+with open(work / "results.jsonl", "a") as results:
+    for seed in range(1, n + 1):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["act", "--model", str(work / "paligemma"), "--image", str(work / "scene.png"),
+                         "--instruction", "pick up the object you could hammer a nail with",
+                         "--seed", str(seed), "--temperature", "1.0", "--json"])
+        results.write(out.getvalue().strip() + "\n" if code == 0 else json.dumps({"seed": seed, "failed": True}) + "\n")
+        if code != 0:
+            print(err.getvalue().strip().splitlines()[-1:], file=sys.stderr)
+PYEOF
+else
 for seed in $(seq 1 "$N"); do
   if ! "$PY" -m rt2_cot act --model "$WORK/paligemma" --image "$WORK/scene.png" \
       --instruction "pick up the object you could hammer a nail with" \
@@ -33,6 +56,7 @@ for seed in $(seq 1 "$N"); do
     tail -n 1 "$WORK/stderr.txt" >&2
   fi
 done
+fi
 elapsed=$(( $(date +%s) - start ))
 
 "$PY" - "$WORK/results.jsonl" "$N" "$elapsed" <<'PYEOF'
