@@ -108,7 +108,7 @@ class BuiltinBackend:
         """Load from a checkpoint folder (`path`) or wrap an already built `model` + `processor`.
 
         `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
-        `quantize`: dynamic int8 linear layers (faster on some CPUs, but not token-identical).
+        `quantize`: dynamic int8 decoder linears, in place (not token-identical; off by default).
         `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
         """
         import rt2_cot.model as rt2_model  # registers the Auto classes
@@ -135,8 +135,10 @@ class BuiltinBackend:
         self._spec_cache: dict[tuple, object] = {}
         self._mask_cache: dict[int, torch.Tensor | None] = {}
         if quantize:
-            self.model = torch.ao.quantization.quantize_dynamic(
-                self.model, {torch.nn.Linear}, dtype=torch.qint8
+            # Decoder layers only (in place: the model object is changed for every user of it); the
+            # tied output rows and the frozen vision stay fp32.
+            torch.ao.quantization.quantize_dynamic(
+                self.model.layers, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
             )
         self._setup_tables()
         self._custom_layers = self._check_custom_layers()
