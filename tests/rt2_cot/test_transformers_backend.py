@@ -174,3 +174,16 @@ def test_load_backend_dispatch(checkpoints, tmp_path, monkeypatch):
     assert type(remote).__name__ == "RemoteBackend"
     with pytest.raises(ModelLoadError):
         load_backend(str(tmp_path / "nowhere"))
+
+
+def test_generation_failure_is_a_backend_error_not_a_hang(backends, monkeypatch):
+    from rt2_cot.errors import BackendError
+
+    backend = backends["llava"]
+
+    def broken_generate(**kwargs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    monkeypatch.setattr(backend.model, "generate", broken_generate)
+    with pytest.raises(BackendError, match="out of memory"):
+        list(backend.stream(request()))
