@@ -161,7 +161,7 @@ def test_driver_behind_the_shield_never_leaves_the_box():
 
 def test_controller_errors_and_missing_connection_are_arm_errors():
     arm, _ = _arm(set_mode=9)
-    with pytest.raises(ArmError, match="set_mode.*code 9"):
+    with pytest.raises(ArmError, match=r"set_mode.*code 9"):
         arm.connect()
     arm, _ = _arm()
     with pytest.raises(ArmError, match="not connected"):
@@ -170,7 +170,7 @@ def test_controller_errors_and_missing_connection_are_arm_errors():
     def unreachable(ip):
         raise ConnectionRefusedError("connection refused")
 
-    with pytest.raises(ArmError, match="could not connect to the xArm at 10.0.0.9"):
+    with pytest.raises(ArmError, match=r"could not connect to the xArm at 10\.0\.0\.9"):
         XArm(XArmConfig(ip="10.0.0.9"), api_factory=unreachable).connect()
 
 
@@ -198,7 +198,7 @@ def test_null_arm_tracks_a_virtual_pose_behind_the_shield():
     shield = SafetyShield(arm)
     start = arm.state().ee_xyz_m.copy()
     sent = shield.send(EndEffectorCommand(delta_xyz_m=(0.02, 0.0, 0.0), gripper=0.2))
-    assert arm.state().ee_xyz_m == pytest.approx(start + [0.02, 0, 0])
+    assert arm.state().ee_xyz_m == pytest.approx(start + np.array([0.02, 0, 0]))
     assert arm.state().gripper == pytest.approx(sent.gripper) == pytest.approx(0.5)  # rate-limited
     arm.home()
     assert arm.state().ee_xyz_m == pytest.approx(start)
