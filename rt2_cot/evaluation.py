@@ -391,6 +391,13 @@ def build_task(case: Case, path: str | Path = "") -> Any:
             f"as {posed.describe()!r}; fix `success` or name the target under `task`",
             case.id,
         )
+    if task.plan and posed.reference and not plan_names_object(task.plan, posed.reference):
+        raise _fail(
+            where,
+            f"the simulator's plan {task.plan!r} does not mention the goal {posed.reference!r}; "
+            "pose this case by an instruction the simulator parses (leave out `task.family`)",
+            case.id,
+        )
     if task.plan and not plan_names_object(task.plan, case.expected_plan_object):
         raise _fail(
             where,

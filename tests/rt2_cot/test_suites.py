@@ -177,6 +177,29 @@ def test_a_malformed_suite_gives_one_clear_error(tmp_path, text, fragment, case_
     assert "\n" not in message
 
 
+def test_a_simulator_plan_that_misses_the_goal_is_refused(tmp_path, monkeypatch):
+    """If the simulator ever poses a task whose canonical plan names another goal than the one it
+    judges (an oracle plan would then teach the wrong thing), the suite refuses to load."""
+    import dataclasses
+
+    import robot_io.sim.tasks as tasks
+
+    real = tasks.task_from_dict
+
+    def wrong_plan(d, rng=None):
+        spec = real(d, rng)
+        return dataclasses.replace(spec, plan=spec.plan.replace("number 3", "number 1"))
+
+    monkeypatch.setattr(tasks, "task_from_dict", wrong_plan)
+    text = (
+        GOOD_CASE.replace("    task: {family: pick}\n", "")
+        .replace("pick up the red block", "put the red block on the sum of two plus one")
+        .replace("{goal: lift, object: red block}", '{goal: "on", object: red block, reference: "3"}')
+    )
+    with pytest.raises(ConfigError, match="does not mention the goal '3'"):
+        load_suite(_write(tmp_path, "name: x\ncases:" + text))
+
+
 def test_the_good_case_loads_and_bare_yaml_on_is_read_as_the_on_goal(tmp_path):
     assert load_suite(_write(tmp_path, "name: x\ncases:" + GOOD_CASE)).cases[0].id == "c1"
     text = """name: x
