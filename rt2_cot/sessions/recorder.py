@@ -39,7 +39,6 @@ from rt2_cot.sessions.layout import SessionError
 from rt2_cot.sessions.video import (
     StreamingEncoder,
     concat,
-    decode_range,
     packet_count,
     same_codec,
     video_info,
@@ -702,12 +701,15 @@ def _arrow_column(values: list, dtype: str, shape: list[int]):  # -> pa.Array
 
 
 def _image_stats(path: Path, fps: float, n: int, samples: int = 12) -> dict[str, np.ndarray]:
-    """LeRobot-style per-channel image stats (values in 0..1, shape 3x1x1) from a few decoded frames."""
-    step = max(1, n // samples)
-    picked = []
-    for i, image in enumerate(decode_range(path, fps, 0, n)):
-        if i % step == 0:
-            picked.append(image[::4, ::4].reshape(-1, 3).astype(np.float64) / 255.0)
+    """LeRobot-style per-channel image stats (values in 0..1, shape 3x1x1) from a few frames.
+
+    Only keyframes are decoded (one per `keyframe_s`), which keeps a commit cheap on long episodes.
+    """
+    from rt2_cot.sessions.video import decode_keyframes
+
+    images = decode_keyframes(path)
+    step = max(1, len(images) // samples)
+    picked = [img[::4, ::4].reshape(-1, 3).astype(np.float64) / 255.0 for img in images[::step]]
     px = np.concatenate(picked) if picked else np.zeros((1, 3))
     return {
         "min": px.min(axis=0).reshape(3, 1, 1),

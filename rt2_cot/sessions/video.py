@@ -228,6 +228,17 @@ def decode_range(path: Path, fps: float, first: int, count: int) -> Iterator[np.
         container.close()
 
 
+def decode_keyframes(path: Path) -> list[np.ndarray]:
+    """The keyframes of a file as RGB images (the decoder skips every other frame)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONKEY"
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    finally:
+        container.close()
+
+
 def decode_one(path: Path, fps: float, index: int) -> np.ndarray:
     for image in decode_range(path, fps, index, 1):
         return image
