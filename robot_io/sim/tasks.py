@@ -187,6 +187,12 @@ def _fill_arithmetic(rng, flags, g):
     if g.get("a") and g.get("b"):
         a, b = int(_number_slot(g["a"])), int(_number_slot(g["b"]))
         op = g.get("op") or "plus"
+    elif g.get("tile"):  # the answer is given (a suite case): pose a sum that makes it
+        n = int(_number_slot(g["tile"]))
+        if not 2 <= n <= 9:
+            raise TaskError(f"arithmetic answers are number tiles 2-9, not {g['tile']}")
+        op, a = "plus", int(rng.integers(1, n))
+        b = n - a
     else:
         op = g.get("op") or _choice(rng, ["plus", "plus", "minus"])
         while True:

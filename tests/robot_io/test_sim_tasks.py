@@ -104,3 +104,15 @@ def test_task_from_dict_forms():
         task_from_dict({"instruction": "pick up the rock", "family": "move_near"})
     with pytest.raises(SceneError, match="unknown object"):
         task_from_dict({"family": "pick", "instruction": "x", "target": "golden unicorn"})
+
+
+def test_arithmetic_case_with_a_given_answer_poses_a_matching_sum():
+    task = task_from_dict(
+        {
+            "family": "arithmetic",
+            "instruction": "put the apple on the answer",
+            "target": "apple",
+            "reference": "5",
+        }
+    )
+    assert task.reference == "5" and task.plan == "place the apple on the number 5" and "5" in task.tiles
