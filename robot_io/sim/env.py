@@ -452,6 +452,19 @@ class TabletopSim:
         # MuJoCo cameras look along -z with y up; the optical frame flips y and z.
         return pos, mat @ np.diag([1.0, -1.0, -1.0])
 
+    def project(
+        self, point_xyz: np.ndarray, width: int | None = None, height: int | None = None
+    ) -> tuple[float, float]:
+        """Pixel (u, v) of a base-frame point in a render of the given size (for image-space questions)."""
+        pos, rot = self.camera_pose()
+        return self.intrinsics(width, height).project(rot.T @ (np.asarray(point_xyz, float) - pos))
+
+    def pixel_of(self, name: str, width: int | None = None, height: int | None = None) -> tuple[float, float]:
+        """Pixel of an object's centre or a tile's centre in a render of the given size."""
+        if name in self._bodies:
+            return self.project(self.object_position(name), width, height)
+        return self.project(np.array(self.tile(name).position), width, height)
+
     def render(self, width: int | None = None, height: int | None = None) -> Frame:
         """Colour (RGB uint8) + depth (uint16 mm) from the fixed front camera, like a D435."""
         w, h = width or self.config.width, height or self.config.height
@@ -459,14 +472,16 @@ class TabletopSim:
             raise SimError(f"render size {w}x{h} is larger than the 1280x960 offscreen buffer")
         color, depth_m = _gl().run(lambda: self._render_on_gl_thread(w, h))
         depth = np.where(depth_m < 9.0, np.round(depth_m * 1000.0), 0).astype(np.uint16)
-        self._frame_index += 1
+        with self._lock:
+            self._frame_index += 1
+            index = self._frame_index
         return Frame(
             color=color,
             depth=depth,
             depth_scale_m=0.001,
             intrinsics=self.intrinsics(w, h),
             timestamp_s=time.monotonic(),
-            index=self._frame_index,
+            index=index,
         )
 
     def _render_on_gl_thread(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:

@@ -159,6 +159,7 @@ def test_render_looks_like_a_d435(sim):
     assert np.isfinite(depth_m).mean() > 0.99
     assert 0.4 < np.nanmedian(depth_m) < 1.5, "a tabletop seen from ~0.7 m"
     # Project the block into the image: the pixel shows a blue thing at the right depth.
+    assert np.allclose(sim.pixel_of("blue block"), sim.project(sim.object_position("blue block")))
     cam_pos, cam_rot = sim.camera_pose()
     block = sim.object_position("blue block")
     top = block + np.array([0, 0, sim.object("blue block").half_extents[2]])
