@@ -544,24 +544,13 @@ def task_from_instruction(
             slots = fam.fill(rng, _split_flags(split), given)
             spec = _make_spec(fam, template, slots, _split_flags(split), split, rng)
             return _replace(spec, instruction=instruction.strip())
-    examples = "; ".join(f"'{_format(f.train[0], _example_slots())}'" for f in list(FAMILIES.values())[:5])
+    examples = "; ".join(
+        f"'{sample_task(np.random.default_rng(0), name).instruction}'"
+        for name in ("pick", "move_near", "place_on_number", "arithmetic", "semantic_drink")
+    )
     raise TaskError(
         f"cannot pose {instruction!r} in the simulator; try e.g. {examples} (or use --family: {', '.join(FAMILIES)})"
     )
-
-
-def _example_slots() -> dict:
-    return {
-        "target": "red block",
-        "reference": "green ball",
-        "tile": "star",
-        "tileword": "three",
-        "colour": "blue",
-        "refkind": "block",
-        "a": "two",
-        "b": "one",
-        "op": "plus",
-    }
 
 
 def _replace(spec: TaskSpec, **changes) -> TaskSpec:
