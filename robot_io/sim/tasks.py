@@ -493,7 +493,10 @@ def sample_task(rng: np.random.Generator, family: str | None = None, split: str 
 
 # -- free-text instructions -> tasks ----------------------------------------------------------------
 def _slot_pattern(slot: str) -> str:
-    objects = sorted(all_object_names(include_heldout=True), key=len, reverse=True)
+    names = all_object_names(include_heldout=True)
+    # "the grey rock", "the red apple": natural kinds may carry their own colour.
+    aliases = [f"{KINDS[n].colours[0]} {n}" for n in names if n in KINDS and not KINDS[n].generic]
+    objects = sorted(names + aliases, key=len, reverse=True)
     alternatives = {
         "target": objects,
         "reference": objects + list(SYMBOLS) + list(NUMBERS),
@@ -522,7 +525,7 @@ def _template_regex(template: str) -> re.Pattern:
 def _normalise(text: str) -> str:
     text = text.strip().lower().rstrip(".!?")
     text = re.sub(r"\s+", " ", text)
-    return text.replace("colour", "colour").replace("color", "colour").replace("gray", "grey")
+    return text.replace("color", "colour").replace("gray", "grey")  # US spellings
 
 
 def task_from_instruction(
@@ -540,7 +543,9 @@ def task_from_instruction(
             m = _template_regex(_normalise(template)).fullmatch(text)
             if m is None:
                 continue
-            given = {k: v for k, v in m.groupdict().items() if v}
+            given = {
+                k: _canonical(v) if k in ("target", "reference") else v for k, v in m.groupdict().items() if v
+            }
             slots = fam.fill(rng, _split_flags(split), given)
             spec = _make_spec(fam, template, slots, _split_flags(split), split, rng)
             return _replace(spec, instruction=instruction.strip())
@@ -551,6 +556,14 @@ def task_from_instruction(
     raise TaskError(
         f"cannot pose {instruction!r} in the simulator; try e.g. {examples} (or use --family: {', '.join(FAMILIES)})"
     )
+
+
+def _canonical(name: str) -> str:
+    """'grey rock' -> 'rock' (natural kinds are named without their colour); others unchanged."""
+    words = name.lower().split()
+    if len(words) == 2 and words[1] in KINDS and not KINDS[words[1]].generic:
+        return words[1]
+    return name.lower()
 
 
 def _replace(spec: TaskSpec, **changes) -> TaskSpec:

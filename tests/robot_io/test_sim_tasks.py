@@ -62,6 +62,12 @@ def test_matcher_round_trips_every_template():
                     assert parsed.target == task.target
 
 
+def test_matcher_accepts_us_spellings_and_natural_colours():
+    assert task_from_instruction("Pick up the gray rock.").target == "rock"
+    task = task_from_instruction("move the red ball near the block of the same color")
+    assert task.family == "colour_match" and task.reference == "red block"
+
+
 def test_unknown_instruction_is_a_clear_error():
     with pytest.raises(TaskError, match="cannot pose"):
         task_from_instruction("dance the tango")
