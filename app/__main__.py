@@ -41,9 +41,13 @@ def serve(options: ConsoleOptions) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MUJOCO_GL", "egl")
+    import cv2
     from loguru import logger
 
     from app.rig import build_policy, build_rig
+
+    # Preview images are small: OpenCV's worker threads would only fight the model for 2 cores.
+    cv2.setNumThreads(1)
     from app.runtime import ConsoleRuntime
 
     options.sessions.mkdir(parents=True, exist_ok=True)

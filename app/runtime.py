@@ -290,10 +290,10 @@ class ConsoleRuntime:
             if self.busy:
                 raise ConsoleError("already running: press Stop first")
             self._run_requested_at = time.monotonic()
-            self._state.run_to_first_plan_ms = None
-            self._state.first_step_ttft_ms = None
-            self._state.status = "running"
-            self._state.error = ""
+            s = self._state
+            s.run_to_first_plan_ms = s.first_step_ttft_ms = None
+            s.status, s.end_reason, s.end_message = "running", "", ""
+            self._new_step(s.step)  # the previous step's plan and tokens must not look like this run's
             self._bump()
             thread = threading.Thread(target=self._job_main, args=(target,), name="console-loop", daemon=True)
             self._episode_thread = thread
@@ -556,7 +556,7 @@ class ConsoleRuntime:
         times: list[float] = []
         while not self._stop_event.is_set():
             t0 = time.monotonic()
-            frame, message = self._grab_frame(period)
+            frame, message = self._grab_frame(last_index)
             arm_state, arm_message = self._read_arm()
             if frame is not None and frame.index != last_index:
                 last_index = frame.index
@@ -583,12 +583,13 @@ class ConsoleRuntime:
                     self._preview.arm, self._preview.arm_message = arm_state, arm_message
             self._stop_event.wait(max(0.0, period - (time.monotonic() - t0)))
 
-    def _grab_frame(self, period: float) -> tuple[Frame | None, str]:
-        """The newest frame; reads one only when nobody (the loop) has read recently, so the
-        preview fills gaps instead of competing with the loop for the camera."""
+    def _grab_frame(self, last_index: int | None) -> tuple[Frame | None, str]:
+        """A frame the page has not shown yet: the loop's newest if it took one since the last
+        preview, otherwise one read here. For live cameras this keeps the preview at its own rate
+        whatever the loop does; for playback and the simulator it shows each new capture."""
         try:
-            frame = self.camera.read_latest(max_age_s=period)
-            if frame is None:
+            frame = self.camera.read_latest()
+            if frame is None or frame.index == last_index:
                 frame = self.camera.read()
             return frame, "ok"
         except Exception as exc:

@@ -89,7 +89,8 @@ def reasoning_html(s: LiveState) -> str:
     )
     raw = html.escape(s.raw_text[-400:])
     return (
-        f'<div id="reasoning" data-version="{s.version}" data-status="{status}">'
+        f'<div id="reasoning" data-version="{s.version}" data-status="{status}" '
+        f'data-episode="{html.escape(s.episode_id)}" data-step="{s.step}">'
         f'<div class="plan-line"><span class="plan-label">Plan:</span> <span id="plan-text">{plan}</span>{caret}{reused}</div>'
         f'<div class="tokens" id="action-tokens">{cells}</div>{error}'
         f'<div class="raw"><span class="raw-label">raw</span> <code id="raw-text">{raw}</code></div>'
