@@ -106,7 +106,7 @@ class SessionRecorder:
         camera_keys: tuple[str, ...] = L.DEFAULT_CAMERA_KEYS,
         *,
         robot_type: str = "rt2_cot",
-        max_pending_steps: int = 300,
+        max_pending_steps: int = 150,
         keyframe_s: float = 0.5,
         crf: int = 23,
         preset: str = "ultrafast",
@@ -336,6 +336,7 @@ class _JournalEpisode:
         self._encoders: dict[str, StreamingEncoder] = {}
         self._rows = open(directory / "rows.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in end())
         self.frames = 0
+        self._last_sync = time.monotonic()
 
     @classmethod
     def create(
@@ -374,7 +375,11 @@ class _JournalEpisode:
         # The row goes after its frames: on a crash rows can only outnumber frames, never the reverse,
         # and recovery cuts rows to the frames that decode.
         self._rows.write(json.dumps(row) + "\n")
-        self._rows.flush()
+        self._rows.flush()  # enough for kill -9: the kernel has the bytes
+        now = time.monotonic()
+        if now - self._last_sync >= 1.0:  # and at most a second lost to a power cut
+            os.fsync(self._rows.fileno())
+            self._last_sync = now
         self.frames += 1
 
     def set_grade(self, grade: str | None, note: str) -> None:

@@ -3,6 +3,7 @@ dies half-way, both leave a session that recovers into a valid LeRobot dataset."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,7 +69,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_sigkill_while_recording_loses_at_most_about_a_second(tmp_path):
+def test_sigkill_while_recording_loses_at_most_about_a_second(tmp_path, capsys):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     root = tmp_path / "sessions" / "crashed"
@@ -98,7 +99,10 @@ def test_sigkill_while_recording_loses_at_most_about_a_second(tmp_path):
 
     # Before recovery the session lists as needing it; check warns about the journal.
     assert next(s for s in list_sessions(root.parent) if s["name"] == "crashed")["in_progress"] is True
-    assert recover(root) == [1]
+    from rt2_cot.cli import main
+
+    assert main(["session", "recover", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recovered_episodes"] == [1]
     assert recover(root) == []  # nothing left to do
 
     report = check_session(root, decode=True)
