@@ -399,7 +399,7 @@ def test_subscriber_never_waits_for_the_writer(tmp_path, monkeypatch):
     rec(EpisodeEnded(eid, "stop", 60, None))
     durations_ms = np.array(durations) * 1000
     assert np.median(durations_ms) < 2.0, f"median call {np.median(durations_ms):.2f} ms"
-    assert durations_ms.max() < 50.0, f"slowest call {durations_ms.max():.1f} ms"
+    assert durations_ms.max() < 100.0, f"slowest call {durations_ms.max():.1f} ms"
     assert rec.pending >= 39  # the writer has not taken anything but (at most) the first step
     assert rec.dropped_steps == 20
     gate.set()
