@@ -89,14 +89,21 @@ class _GLThread:
 
 
 _GL: _GLThread | None = None
+_GL_PID = 0
 _GL_LOCK = threading.Lock()
 
 
 def _gl() -> _GLThread:
-    global _GL
+    global _GL, _GL_PID
     with _GL_LOCK:
+        if _GL is not None and os.getpid() != _GL_PID:
+            # OpenGL (EGL/llvmpipe) state does not survive fork(): rendering would hang forever.
+            raise SimError(
+                "cannot render in a process forked after this process rendered; start workers with "
+                "multiprocessing's 'spawn' or 'forkserver' method (or fork before the first render)"
+            )
         if _GL is None:
-            _GL = _GLThread()
+            _GL, _GL_PID = _GLThread(), os.getpid()
             atexit.register(_GL._pool.shutdown, wait=False)
         return _GL
 

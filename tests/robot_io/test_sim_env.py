@@ -242,3 +242,22 @@ def test_oracle_copes_with_a_strict_shield(sim):
             grip = float(np.clip(command.gripper, grip - 0.3, grip + 0.3))
             sim.apply(EndEffectorCommand(delta_xyz_m=tuple(delta), gripper=grip))
         assert sim.success(), f"{family}: {sim.task.instruction!r}"
+
+
+def test_render_in_a_forked_child_fails_fast_instead_of_hanging(sim):
+    import multiprocessing as mp
+
+    sim.render(64, 48)  # the parent's GL state exists before the fork
+    with mp.get_context("fork").Pool(1) as pool:
+        message = pool.apply_async(_child_render).get(timeout=60)
+    assert "spawn" in message
+
+
+def _child_render() -> str:
+    from robot_io.sim.env import SimError
+
+    try:
+        TabletopSim().render(64, 48)
+    except SimError as exc:
+        return str(exc)
+    return "rendered"
