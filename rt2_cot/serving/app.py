@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from loguru import logger
+from starlette.background import BackgroundTask
 
 from rt2_cot.backends.base import Backend, GenerationRequest
 from rt2_cot.errors import Rt2CotError
@@ -125,8 +126,13 @@ def create_app(backend: Backend, model_name: str = "rt2-cot") -> FastAPI:
         )
         generation = _Generation(backend, lock, chat.generation)
         if chat.stream:
+            # The background task runs once the response ends for any reason, including a client
+            # that left before the first byte (when the body generator never started).
             return StreamingResponse(
-                _sse(generation, chat), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                _sse(generation, chat),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+                background=BackgroundTask(generation.stop.set),
             )
         return await _complete(generation, chat, request)
 
