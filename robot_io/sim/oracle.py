@@ -24,7 +24,8 @@ XY_TOL_M = 0.004
 Z_TOL_M = 0.004
 HOVER_ABOVE_M = 0.05  # clearance above an object's top before descending onto it
 CARRY_Z_M = 0.13  # fingertip height while carrying (held objects clear every other object)
-LIFT_CLEARANCE_M = 0.07  # lift the object's bottom this high (a "lift" counts from 5 cm)
+LIFT_Z_M = 0.14  # fingertip height to lift to ...
+LIFT_CLEARANCE_M = 0.07  # ... or higher, until the object's bottom is this high (a lift counts from 5 cm)
 PLACE_GAP_M = 0.006  # object bottom height above the table when it is released
 
 
@@ -107,9 +108,10 @@ def oracle_command(sim: TabletopSim) -> EndEffectorCommand:
         return _cmd(np.zeros(3), 0.0)
     # Holding the target.
     if task.goal == "lift":
-        # Raise until the object's bottom is 7 cm up (success needs 5), however high it was held.
+        # Raise to 14 cm, or until the object's bottom is 7 cm up if it was held high (tall bottles).
         bottom = float(sim.object_position(task.target)[2] - sim.object(task.target).half_extents[2])
-        return _cmd(_toward(ee, [ee[0], ee[1], ee[2] + max(0.0, LIFT_CLEARANCE_M - bottom)]), 0.0)
+        goal_z = max(LIFT_Z_M, ee[2] + max(0.0, LIFT_CLEARANCE_M - bottom))
+        return _cmd(_toward(ee, [ee[0], ee[1], goal_z]), 0.0)
     goal_xy = place_point(sim)
     obj_pos = sim.object_position(task.target)
     xy_err = float(np.linalg.norm(goal_xy - obj_pos[:2]))

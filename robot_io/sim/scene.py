@@ -26,7 +26,6 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.83, 0.10),
     "orange": (1.00, 0.50, 0.05),
     "purple": (0.55, 0.20, 0.70),
-    "pink": (1.00, 0.45, 0.70),
     "grey": (0.50, 0.50, 0.50),
     "white": (0.92, 0.92, 0.90),
 }
@@ -65,8 +64,9 @@ class ObjectKind:
         return len(self.colours) > 1
 
 
-# No orange toys: "the orange" must only ever mean the fruit.
-_TOY_COLOURS = ("red", "green", "blue", "yellow", "purple", "pink")
+# Orange toys exist (the training data has them); layout() keeps them out of scenes that hold the
+# fruit "orange" unless a task names both, so "the orange" is never ambiguous by accident.
+_TOY_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple")
 KINDS: dict[str, ObjectKind] = {
     k.kind: k
     for k in (
@@ -354,6 +354,10 @@ def layout(task, rng: np.random.Generator, include_heldout: bool) -> tuple[list[
     if constraint.startswith("unique_class:"):
         cls = constraint.split(":", 1)[1]
         pool = [n for n in pool if KINDS[parse_object_name(n)[0]].cls != cls]
+    if "orange" in required:
+        pool = [n for n in pool if parse_object_name(n)[1] != "orange"]
+    if any(n != "orange" and parse_object_name(n)[1] == "orange" for n in required):
+        pool = [n for n in pool if n != "orange"]
     if constraint in ("smallest", "largest"):
         # Only distractors that can be made clearly (25%) larger / smaller than the target.
         t_size = make_object(task.target, 0.8 if constraint == "smallest" else 1.25, (0, 0, 0), 0.0).size

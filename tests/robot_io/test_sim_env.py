@@ -261,3 +261,10 @@ def _child_render() -> str:
     except SimError as exc:
         return str(exc)
     return "rendered"
+
+
+def test_the_orange_is_never_confused_with_an_orange_toy(sim):
+    task = task_from_instruction("pick up the orange")
+    for seed in range(30):
+        sim.reset(task, seed=seed)
+        assert not any(o.colour == "orange" and o.name != "orange" for o in sim.objects)
