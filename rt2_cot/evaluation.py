@@ -556,6 +556,7 @@ class EvalReport:
     episodes_per_case: int = 1
     max_steps: int = DEFAULT_MAX_STEPS
     suite_path: str = ""
+    episodes_per_category: int | None = None
     started_at: float = field(default_factory=time.time)
     duration_s: float = 0.0
     stopped: bool = False
@@ -611,6 +612,7 @@ class EvalReport:
             "mode": self.mode,
             "seed": self.seed,
             "episodes_per_case": self.episodes_per_case,
+            "episodes_per_category": self.episodes_per_category,
             "max_steps": self.max_steps,
             "episodes": s["episodes"],
             "graded": s["graded"],
@@ -642,6 +644,7 @@ class EvalReport:
                 mode=d.get("mode", "sim"),
                 seed=d.get("seed", 0),
                 episodes_per_case=d.get("episodes_per_case", 1),
+                episodes_per_category=d.get("episodes_per_category"),
                 max_steps=d.get("max_steps", DEFAULT_MAX_STEPS),
                 suite_path=d.get("suite_path", ""),
                 started_at=d.get("started_at", 0.0),
@@ -701,12 +704,17 @@ class EvalReport:
     def to_markdown(self) -> str:
         """A report a person reads: totals, per-category table, per-case table, failures."""
         s = self.summary()
+        amount = (
+            f"at least {self.episodes_per_category} episodes per category"
+            if self.episodes_per_category
+            else f"{self.episodes_per_case} episode(s) per case"
+        )
         lines = [
             f"# Evaluation: {self.suite}",
             "",
             f"- policy: `{self.policy}`" + (f", model: `{self.model}`" if self.model else ""),
-            f"- mode: {'simulator predicates' if self.mode == 'sim' else 'operator grading'}; "
-            f"{self.episodes_per_case} episode(s) per case, seed {self.seed}, at most {self.max_steps} steps",
+            f"- mode: {'simulator predicates' if self.mode == 'sim' else 'operator grading'}; {amount}, "
+            f"seed {self.seed}, at most {self.max_steps} steps",
             f"- run: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(self.started_at))}, "
             f"{self.duration_s:.1f} s" + (" (stopped early)" if self.stopped else ""),
             f"- episodes: {s['episodes']} ({s['graded']} graded), {s['mean_steps'] or 0:.1f} steps and "
@@ -909,7 +917,10 @@ class SuiteRun:
         rate_hz: float | None = None,
         model: str = "",
         label: str = "",
+        episodes_per_category: int | None = None,
     ) -> None:
+        if episodes_per_category is not None and episodes_per_category < 1:
+            raise ConfigError("episodes per category must be at least 1")
         if episodes_per_case < 1:
             raise ConfigError("episodes per case must be at least 1")
         if max_steps < 1:
@@ -917,6 +928,7 @@ class SuiteRun:
         self.suite = suite
         self.policy_factory = policy_factory
         self.episodes_per_case = episodes_per_case
+        self.episodes_per_category = episodes_per_category
         self.seed = seed
         self.on_result = on_result
         self.max_steps = max_steps
@@ -939,6 +951,17 @@ class SuiteRun:
             loop = self._loop
         if loop is not None:
             loop.stop()
+
+    def episodes_for(self, case: Case) -> int:
+        """Episodes to run for `case`: the per-case count, or with `episodes_per_category` N an
+        even share of N over the category's cases, rounded up (RT-2 reports per category)."""
+        if self.episodes_per_category is None:
+            return self.episodes_per_case
+        peers = sum(c.category == case.category for c in self.suite.cases)
+        return -(-self.episodes_per_category // peers)
+
+    def total_episodes(self) -> int:
+        return sum(self.episodes_for(c) for c in self.suite.cases)
 
     def _rate_hz(self) -> float:
         # The simulator has no wall clock to keep up with, so it runs as fast as the policy allows;
@@ -969,12 +992,13 @@ class SuiteRun:
                 mode="manual" if self.manual else "sim",
                 seed=self.seed,
                 episodes_per_case=self.episodes_per_case,
+                episodes_per_category=self.episodes_per_category,
                 max_steps=self.max_steps,
                 suite_path=self.suite.path,
                 label=self.label,
             )
             for case in self.suite.cases:
-                for episode, scene_seed in enumerate(case.episode_seeds(self.seed, self.episodes_per_case)):
+                for episode, scene_seed in enumerate(case.episode_seeds(self.seed, self.episodes_for(case))):
                     result = None
                     if not self._stop.is_set():
                         result = self._run_episode(

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model: the VLA given by --model; oracle: the simulator's scripted expert (is the suite solvable?)",
     )
     parser.add_argument("--episodes", type=int, default=1, help="episodes per case (default 1)")
+    parser.add_argument(
+        "--episodes-per-category",
+        type=int,
+        help="instead of --episodes: at least N episodes per category, shared evenly over its cases",
+    )
     parser.add_argument("--seed", type=int, default=0, help="run seed: picks each case's scene seeds")
     parser.add_argument("--max-steps", type=int, default=80, help="step limit per episode (default 80)")
     parser.add_argument("--category", action="append", help="only this category (repeatable)")
@@ -59,10 +64,12 @@ def _policy_factory(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rt2_cot.evaluation import compare, load_report, load_suite, run_suite
+    from rt2_cot.evaluation import SuiteRun, compare, load_report, load_suite
 
     if args.episodes < 1:
         raise ConfigError("--episodes must be at least 1")
+    if args.episodes_per_category is not None and args.episodes_per_category < 1:
+        raise ConfigError("--episodes-per-category must be at least 1")
     if args.max_steps < 1:
         raise ConfigError("--max-steps must be at least 1")
     suite = load_suite(args.suite)
@@ -70,27 +77,29 @@ def run(args: argparse.Namespace) -> int:
         suite = suite.select(args.category, args.split, args.case)
     previous = load_report(args.compare_with) if args.compare_with else None
     factory = _policy_factory(args)
+    run_ = SuiteRun(
+        suite,
+        factory,
+        episodes_per_case=args.episodes,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        model=args.model if args.policy == "model" else "",
+        label=args.label,
+        episodes_per_category=args.episodes_per_category,
+    )
+    total = run_.total_episodes()
     logger.info(
-        f"suite {suite.name}: {len(suite.cases)} cases x {args.episodes} episode(s), policy {args.policy}"
+        f"suite {suite.name}: {len(suite.cases)} cases, {total} episodes, policy {args.policy}"
         + (f" ({args.model})" if args.policy == "model" else "")
     )
     done = [0]
-    total = len(suite.cases) * args.episodes
 
     def progress(result) -> None:
         done[0] += 1
         logger.debug(f"[{done[0]}/{total}] {result.case_id}: {result.passed}")
 
-    report = run_suite(
-        suite,
-        factory,
-        episodes_per_case=args.episodes,
-        seed=args.seed,
-        on_result=progress,
-        max_steps=args.max_steps,
-        model=args.model if args.policy == "model" else "",
-        label=args.label,
-    )
+    run_.on_result = progress
+    report = run_.run()
     if args.report:
         _write(args.report, report.to_markdown())
     if args.csv:

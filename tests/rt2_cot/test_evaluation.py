@@ -404,3 +404,13 @@ def test_cli_eval_bad_model_or_options_fail_in_one_line(capsys, tmp_path):
         errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and fragment in errors[0], captured.err
         assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_episodes_per_category_share_evenly_over_a_categorys_cases():
+    suite = load_suite(SMOKE)  # seen_tasks has two cases, the other categories one each
+    run = SuiteRun(suite, lambda sim: HoldStill(), episodes_per_category=3)
+    per_case = {c.id: run.episodes_for(c) for c in suite.cases}
+    assert per_case["smoke_pick_red_block"] == per_case["smoke_move_near"] == 2
+    assert per_case["smoke_thirsty"] == 3
+    assert run.total_episodes() == 2 * 2 + 3 * 3
+    assert SuiteRun(suite, lambda sim: HoldStill(), episodes_per_case=4).total_episodes() == 20
