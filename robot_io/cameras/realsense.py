@@ -1,0 +1,414 @@
+"""Intel RealSense (D400 series) through pyrealsense2: a live camera, .bag/.db3 playback, .db3 recording.
+
+Depth is aligned to colour with `rs.align`, so `Frame.depth[v, u]` is the depth of colour pixel
+(u, v) and `Frame.intrinsics` (the colour stream's) serves both. pyrealsense2 is imported only
+when a RealSense source is opened.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from robot_io.cameras.base import Camera, require
+from robot_io.errors import CameraError
+from robot_io.types import CameraIntrinsics, Frame
+
+PLAYBACK_SUFFIXES = (".bag", ".db3")
+
+
+class RecordingEnded(CameraError):
+    """A recording played to its end (and `loop` is off)."""
+
+
+def import_pyrealsense2():
+    """pyrealsense2, or a CameraError that says how to install it."""
+    try:
+        import pyrealsense2 as rs
+    except ImportError as exc:  # also covers a missing libusb shared library
+        raise CameraError(
+            f"RealSense sources need pyrealsense2 ({exc}): pip install pyrealsense2, "
+            "and on Debian/Ubuntu apt install libusb-1.0-0"
+        ) from exc
+    return rs
+
+
+@dataclass(frozen=True)
+class RealSenseConfig:
+    """What to open. Exactly one of a live device (`serial`, or the first one found) or `file`.
+
+    Defaults are the D435's most common RGB-D mode: 640x480 at 30 fps for both streams.
+    """
+
+    serial: str | None = None  # live device by serial number; None: the first one found
+    file: str | None = None  # play back a .bag (ROS1, older SDKs) or .db3 (rosbag2, SDK >= 2.56)
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    depth: bool = True
+    align_depth_to_color: bool = True
+    # Playback: real_time=False hands over every recorded frame as fast as read() asks for it, so
+    # tests and offline evaluation neither drop frames nor wait for wall-clock time.
+    real_time: bool = False
+    loop: bool = False  # playback restarts at the end instead of raising RecordingEnded
+    record_to: str | None = None  # live only: also write everything streamed to this .db3
+    timeout_s: float = 5.0  # longest wait for one frame before CameraError
+
+
+def _fmt_name(fmt: Any) -> str:
+    return str(fmt).rsplit(".", 1)[-1]
+
+
+def _to_rgb(rs, frame) -> np.ndarray:
+    """Colour frame of any common RealSense format -> HxWx3 RGB uint8 (a copy)."""
+    fmt = frame.get_profile().format()
+    data = np.asanyarray(frame.get_data())
+    if fmt == rs.format.rgb8:
+        return data.copy()
+    if fmt == rs.format.bgr8:
+        return data[..., ::-1].copy()
+    if fmt == rs.format.rgba8:
+        return data[..., :3].copy()
+    if fmt == rs.format.bgra8:
+        return data[..., 2::-1].copy()
+    if fmt == rs.format.yuyv:
+        import cv2
+
+        return cv2.cvtColor(data.reshape(frame.get_height(), frame.get_width(), 2), cv2.COLOR_YUV2RGB_YUYV)
+    raise CameraError(f"unsupported RealSense colour format {_fmt_name(fmt)}; record colour as rgb8 or bgr8")
+
+
+def list_realsense_devices() -> list[dict]:
+    """Attached RealSense devices (empty when none, or when pyrealsense2 is missing)."""
+    try:
+        rs = import_pyrealsense2()
+    except CameraError:
+        return []
+    devices = []
+    for dev in rs.context().query_devices():
+
+        def info(key, dev=dev):
+            return dev.get_info(key) if dev.supports(key) else None
+
+        serial = info(rs.camera_info.serial_number)
+        devices.append(
+            {
+                "source": f"realsense:{serial}",
+                "kind": "realsense",
+                "name": info(rs.camera_info.name),
+                "serial": serial,
+                "firmware": info(rs.camera_info.firmware_version),
+                "usb": info(rs.camera_info.usb_type_descriptor),
+            }
+        )
+    return devices
+
+
+class RealSenseCamera(Camera):
+    """A RealSense camera or recording behind the `Camera` interface."""
+
+    name = "realsense"
+
+    def __init__(self, config: RealSenseConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RealSenseConfig()
+        require(
+            not (self.config.file and self.config.serial),
+            "a RealSense source is either a live device (serial) or a recording (file), not both",
+        )
+        self._rs = None
+        self._pipeline = None
+        self._align = None
+        self._playback = None
+        self._intrinsics: CameraIntrinsics | None = None
+        self._depth_scale_m = 0.0
+        self._streams: dict[str, dict | None] = {"color": None, "depth": None}
+        self._index = 0
+        self._use_depth = self.config.depth
+        self._lock = threading.Lock()  # one reader at a time; read_latest never takes it
+        self.device_info: dict[str, str | None] = {}
+        # Fraction of valid pixels in the last depth frame before alignment: what the sensor saw.
+        # Aligning upsamples depth (wider field of view) onto colour, so the aligned fraction differs.
+        self.last_raw_depth_valid_fraction: float | None = None
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        require(self._intrinsics is not None, "the RealSense camera is not connected; call connect() first")
+        return self._intrinsics
+
+    @property
+    def connected(self) -> bool:
+        return self._pipeline is not None
+
+    @property
+    def depth_scale_m(self) -> float:
+        return self._depth_scale_m
+
+    def stream_info(self) -> dict[str, dict | None]:
+        """{'color': {width, height, fps, format}, 'depth': {...} or None} of the running streams."""
+        return dict(self._streams)
+
+    # -- connect ----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self._pipeline is not None:
+            return
+        rs = self._rs = import_pyrealsense2()
+        cfg = self.config
+        rs_config = rs.config()
+        if cfg.file:
+            self._configure_playback(rs, rs_config)
+        else:
+            self._configure_live(rs, rs_config)
+        pipeline = rs.pipeline()
+        try:
+            profile = pipeline.start(rs_config)
+        except RuntimeError as exc:
+            raise CameraError(self._start_error(exc)) from None
+        try:
+            self._describe(rs, profile)
+        except Exception:
+            pipeline.stop()
+            raise
+        self._pipeline = pipeline
+        self._align = rs.align(rs.stream.color) if self._use_depth and cfg.align_depth_to_color else None
+        self._index = 0
+        logger.info(
+            "RealSense {} started: colour {}, depth {}",
+            cfg.file or self.device_info.get("serial"),
+            self._streams["color"],
+            self._streams["depth"],
+        )
+
+    def _configure_playback(self, rs, rs_config) -> None:
+        cfg = self.config
+        path = Path(cfg.file)
+        require(path.is_file(), f"recording {path} not found; give the path of a .bag or .db3 file")
+        require(
+            path.suffix.lower() in PLAYBACK_SUFFIXES,
+            f"{path} is not a RealSense recording; playback reads .bag or .db3 files",
+        )
+        require(cfg.record_to is None, "record_to works with live cameras only, not while playing a file")
+        # No enable_stream: a recording dictates its own streams and modes (checked in _describe).
+        rs_config.enable_device_from_file(str(path), repeat_playback=cfg.loop)
+
+    def _configure_live(self, rs, rs_config) -> None:
+        cfg = self.config
+        # pipeline.start() with nothing attached blocks ~15 s before failing; ask the context first.
+        devices = rs.context().query_devices()
+        serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
+        require(
+            len(serials) > 0,
+            "no RealSense camera is attached: plug one into a USB 3 port (check `rs-enumerate-devices`), "
+            "or use --camera file:PATH.bag|.db3 or --camera sim",
+        )
+        if cfg.serial:
+            require(
+                cfg.serial in serials,
+                f"no RealSense camera with serial {cfg.serial}; attached: {', '.join(serials)}",
+            )
+            rs_config.enable_device(cfg.serial)
+        rs_config.enable_stream(rs.stream.color, cfg.width, cfg.height, rs.format.rgb8, cfg.fps)
+        if cfg.depth:
+            rs_config.enable_stream(rs.stream.depth, cfg.width, cfg.height, rs.format.z16, cfg.fps)
+        if cfg.record_to:
+            out = Path(cfg.record_to)
+            require(out.suffix.lower() == ".db3", f"record_to must be a .db3 file (rosbag2), got {out}")
+            require(out.parent.is_dir(), f"cannot record to {out}: folder {out.parent} does not exist")
+            rs_config.enable_record_to_file(str(out))
+
+    def _start_error(self, exc: RuntimeError) -> str:
+        cfg = self.config
+        reason = str(exc).split("Reason:", 1)[-1].strip()
+        if cfg.file:
+            return f"cannot play {cfg.file}: it is corrupt, truncated or not a RealSense recording ({reason})"
+        return (
+            f"cannot start the RealSense camera ({reason}); check it is not in use by another program "
+            f"and that the requested mode {cfg.width}x{cfg.height}@{cfg.fps} is supported"
+        )
+
+    def _describe(self, rs, profile) -> None:
+        device = profile.get_device()
+        info = {}
+        for key, name in ((rs.camera_info.serial_number, "serial"), (rs.camera_info.name, "name")):
+            info[name] = device.get_info(key) if device.supports(key) else None
+        self.device_info = info
+        if self.config.file:
+            self._playback = device.as_playback()
+            self._playback.set_real_time(self.config.real_time)
+        streams = {"color": None, "depth": None}
+        for stream in profile.get_streams():
+            kind = {rs.stream.color: "color", rs.stream.depth: "depth"}.get(stream.stream_type())
+            if kind is None:
+                continue
+            video = stream.as_video_stream_profile()
+            streams[kind] = {
+                "width": video.width(),
+                "height": video.height(),
+                "fps": stream.fps(),
+                "format": _fmt_name(stream.format()),
+            }
+            if kind == "color":
+                i = video.get_intrinsics()
+                self._intrinsics = CameraIntrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy)
+        require(streams["color"] is not None, "the RealSense source has no colour stream")
+        self._use_depth = self.config.depth and streams["depth"] is not None
+        if self.config.depth and not self._use_depth:
+            logger.warning("the RealSense source has no depth stream; frames carry colour only")
+        if self._use_depth:
+            self._depth_scale_m = float(device.first_depth_sensor().get_depth_scale())
+        else:
+            streams["depth"] = None
+        self._streams = streams
+
+    # -- read -------------------------------------------------------------------------------
+
+    def _read(self) -> Frame:
+        require(self._pipeline is not None, "the RealSense camera is not connected; call connect() first")
+        with self._lock:
+            rs = self._rs
+            deadline = time.monotonic() + self.config.timeout_s
+            while True:
+                # Short waits so the end of a recording is noticed at once instead of after a timeout.
+                ok, frames = self._pipeline.try_wait_for_frames(100)
+                if ok:
+                    color = frames.get_color_frame()
+                    depth = frames.get_depth_frame() if self._use_depth else None
+                    if color and (depth or not self._use_depth):
+                        break
+                elif (
+                    self._playback is not None
+                    and self._playback.current_status() == rs.playback_status.stopped
+                ):
+                    raise RecordingEnded(f"the recording {self.config.file} has ended")
+                if time.monotonic() > deadline:
+                    raise CameraError(
+                        f"no frame from the RealSense camera within {self.config.timeout_s:.1f} s; "
+                        "check the USB cable (USB 3) and that no other program uses the camera"
+                    )
+            timestamp = time.monotonic()
+            depth_array = None
+            if self._use_depth:
+                raw = np.asanyarray(depth.get_data())
+                self.last_raw_depth_valid_fraction = float(np.count_nonzero(raw)) / raw.size
+                if self._align is not None:
+                    frames = self._align.process(frames)
+                    depth = frames.get_depth_frame()
+                depth_array = np.asanyarray(depth.get_data()).copy()
+            color_array = _to_rgb(rs, frames.get_color_frame())
+            self._index += 1
+            return Frame(
+                color=color_array,
+                depth=depth_array,
+                depth_scale_m=self._depth_scale_m,
+                intrinsics=self.intrinsics,
+                timestamp_s=timestamp,
+                index=self._index,
+            )
+
+    def disconnect(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            try:
+                pipeline.stop()  # also closes a .db3 being recorded
+            except RuntimeError as exc:
+                logger.warning("RealSense stop: {}", exc)
+        self._playback = None
+
+
+def write_recording(
+    path: str | Path,
+    colors: list[np.ndarray],
+    depths: list[np.ndarray] | None,
+    intrinsics: CameraIntrinsics,
+    depth_scale_m: float = 0.001,
+    fps: int = 30,
+) -> Path:
+    """Write RGB (+ z16 depth, already aligned to colour) frames as a RealSense .db3 recording.
+
+    Uses `rs.software_device` + `rs.recorder`, so no camera is needed: handy for test fixtures and
+    for turning simulator frames into a recording that `file:PATH.db3` plays back.
+    """
+    import gc
+
+    rs = import_pyrealsense2()
+    path = Path(path)
+    require(path.suffix.lower() == ".db3", f"RealSense recordings are written as .db3, got {path}")
+    require(len(colors) > 0, "write_recording needs at least one colour frame")
+    h, w = colors[0].shape[:2]
+    require(
+        (w, h) == (intrinsics.width, intrinsics.height),
+        f"frames are {w}x{h} but intrinsics say {intrinsics.width}x{intrinsics.height}",
+    )
+
+    def rs_intrinsics():
+        i = rs.intrinsics()
+        i.width, i.height, i.fx, i.fy, i.ppx, i.ppy = (
+            w,
+            h,
+            intrinsics.fx,
+            intrinsics.fy,
+            intrinsics.ppx,
+            intrinsics.ppy,
+        )
+        i.model, i.coeffs = rs.distortion.none, [0.0] * 5
+        return i
+
+    def video_stream(kind, uid, fmt, bpp):
+        vs = rs.video_stream()
+        vs.type, vs.index, vs.uid, vs.width, vs.height = kind, 0, uid, w, h
+        vs.fps, vs.bpp, vs.fmt, vs.intrinsics = fps, bpp, fmt, rs_intrinsics()
+        return vs
+
+    device = rs.software_device()
+    sensors = [(device.add_sensor("Color"), rs.stream.color, rs.format.rgb8, 3, colors)]
+    if depths is not None:
+        require(len(depths) == len(colors), "write_recording needs one depth image per colour image")
+        depth_sensor = device.add_sensor("Depth")
+        depth_sensor.add_read_only_option(rs.option.depth_units, float(depth_scale_m))
+        sensors.append((depth_sensor, rs.stream.depth, rs.format.z16, 2, depths))
+    profiles = [
+        sensor.add_video_stream(video_stream(kind, uid, fmt, bpp)).as_video_stream_profile()
+        for uid, (sensor, kind, fmt, bpp, _) in enumerate(sensors)
+    ]
+    if len(profiles) == 2:  # depth is already aligned: identity extrinsics, so rs.align is a no-op
+        extrinsics = rs.extrinsics()
+        extrinsics.rotation, extrinsics.translation = [1, 0, 0, 0, 1, 0, 0, 0, 1], [0, 0, 0]
+        profiles[1].register_extrinsics_to(profiles[0], extrinsics)
+    recorder = rs.recorder(str(path), device)
+    sync = rs.syncer()
+    for (sensor, *_), profile in zip(sensors, profiles, strict=True):
+        sensor.open(profile)
+        sensor.start(sync)
+    keep_alive = []  # librealsense reads the pixel buffers after on_video_frame returns
+    t0 = time.monotonic()
+    for k in range(len(colors)):
+        # The recorder stamps messages with the time they arrive, not frame.timestamp: pace the
+        # frames at `fps` so the file's timeline (and real-time playback) matches the stream.
+        time.sleep(max(0.0, t0 + k / fps - time.monotonic()))
+        for (sensor, _kind, _fmt, bpp, images), profile in zip(sensors, profiles, strict=True):
+            dtype = np.uint8 if bpp == 3 else np.uint16
+            pixels = np.ascontiguousarray(images[k], dtype=dtype)
+            keep_alive.append(pixels)
+            frame = rs.software_video_frame()
+            frame.pixels, frame.bpp, frame.stride = pixels, bpp, w * bpp
+            frame.timestamp = 1000.0 * (k + 1) / fps  # ms; a frame stamped 0 is dropped on playback
+            frame.domain = rs.timestamp_domain.hardware_clock
+            frame.frame_number = k
+            frame.profile = profile
+            sensor.on_video_frame(frame)
+    for sensor, *_ in sensors:
+        sensor.stop()
+        sensor.close()
+    recorder.pause()
+    del recorder, device  # the file is finalised when the recorder is destroyed
+    gc.collect()
+    return path
