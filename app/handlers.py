@@ -3,6 +3,8 @@ render the snapshot. Refusals (no control, e-stop latched) come back as a one-li
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -74,21 +76,38 @@ class LiveHandlers:
 
     # -- commands -------------------------------------------------------------------------------
     def _guard(self, fn: Any, *args: Any) -> Any:
+        """Call fn; a refusal becomes a one-line warning in the browser and returns False."""
         try:
             return fn(*args)
         except ConsoleError as exc:
             gr.Warning(str(exc))
-            return None
+            return False
 
-    def run(self, instruction: str, max_steps: float, request: gr.Request) -> str:
+    def run(self, instruction: str, max_steps: float, request: gr.Request) -> Iterator[str]:
         cid, name = client_of(request)
-        self._guard(self.rt.run, instruction, cid, name, int(max_steps))
-        return views.reasoning_html(self.rt.live())
+        started = self._guard(self.rt.run, instruction, cid, name, int(max_steps)) is not False
+        yield from self._stream_first_step(started)
 
-    def step(self, instruction: str, request: gr.Request) -> str:
+    def step(self, instruction: str, request: gr.Request) -> Iterator[str]:
         cid, name = client_of(request)
-        self._guard(self.rt.step, instruction, cid, name)
-        return views.reasoning_html(self.rt.live())
+        started = self._guard(self.rt.step, instruction, cid, name) is not False
+        yield from self._stream_first_step(started)
+
+    def _stream_first_step(self, started: bool, limit_s: float = 60.0) -> Iterator[str]:
+        """Push the first step's plan to the browser that pressed Run as each token arrives
+        (no polling delay on the number the operator watches most); the timer takes over after."""
+        s = self.rt.live()
+        yield views.reasoning_html(s)
+        if not started:
+            return
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline and s.status == "running":
+            if s.action is not None or s.error:
+                return
+            version = s.version
+            s = self.rt.wait_change(version, timeout=0.5)
+            if s.version != version:
+                yield views.reasoning_html(s)
 
     def stop(self, request: gr.Request) -> str:
         cid, name = client_of(request)
@@ -137,4 +156,4 @@ class LiveHandlers:
     def new_scene(self, instruction: str, request: gr.Request) -> str:
         cid, name = client_of(request)
         result = self._guard(self.rt.new_scene, cid, name)
-        return result if result else instruction
+        return result or instruction

@@ -126,6 +126,7 @@ class LiveState:
     run_to_first_plan_ms: float | None = None
     first_step_ttft_ms: float | None = None
     estop_ms: float | None = None  # click received -> arm reported holding
+    stop_at_steps: int | None = None  # steps completed when Stop reached the runtime
     recording: bool = False
     session_name: str = ""
 
@@ -191,6 +192,7 @@ class ConsoleRuntime:
         self._loop_factory = loop_factory
         self._recorder_factory = recorder_factory
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # wakes browsers streaming the live state
         self._state = LiveState()
         self._preview = PreviewState()
         self._depth_range: tuple[float, float] | None = None
@@ -248,7 +250,15 @@ class ConsoleRuntime:
         return bool(getattr(self.shield, "estopped", False))
 
     def _bump(self) -> None:
+        """Called with the lock held after every change of the live state."""
         self._state.version += 1
+        self._changed.notify_all()
+
+    def wait_change(self, version: int, timeout: float) -> LiveState:
+        """The live state once its version differs from `version` (or after `timeout`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._state.version != version, timeout=timeout)
+        return self.live()
 
     @property
     def busy(self) -> bool:
@@ -291,7 +301,7 @@ class ConsoleRuntime:
                 raise ConsoleError("already running: press Stop first")
             self._run_requested_at = time.monotonic()
             s = self._state
-            s.run_to_first_plan_ms = s.first_step_ttft_ms = None
+            s.run_to_first_plan_ms = s.first_step_ttft_ms = s.stop_at_steps = None
             s.status, s.end_reason, s.end_message = "running", "", ""
             self._new_step(s.step)  # the previous step's plan and tokens must not look like this run's
             self._bump()
@@ -358,12 +368,13 @@ class ConsoleRuntime:
         self.require_control(client_id, name)
         self._step_loop = None
         loop = self._loop
-        with self._lock:
-            if self.busy:
-                self._state.status = "stopping"
-                self._bump()
         if loop is not None:
             loop.stop()
+        with self._lock:
+            self._state.stop_at_steps = len(self._state.history)
+            if self.busy:
+                self._state.status = "stopping"
+            self._bump()
 
     def estop(self) -> LiveState:
         """Latch the e-stop. Anyone may press it; it never waits for the loop or the lease."""

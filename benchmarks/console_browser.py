@@ -48,7 +48,10 @@ WATCH_JS = """
     const b = window.__bench, now = performance.now();
     const plan = document.querySelector('#plan-text');
     const text = plan ? plan.textContent.trim() : '';
-    if (!b.plans.length || b.plans[b.plans.length - 1].text !== text) b.plans.push({text, t: now});
+    const r = document.querySelector('#reasoning');
+    const ep = r ? r.dataset.episode : '';
+    const last = b.plans[b.plans.length - 1];
+    if (!last || last.text !== text || last.ep !== ep) b.plans.push({text, ep, t: now});
     const view = document.querySelector('#live-view');
     const f = view ? view.dataset.frame : null;
     if (!b.frames.length || b.frames[b.frames.length - 1].f !== f) b.frames.push({f, t: now});
@@ -59,8 +62,10 @@ WATCH_JS = """
   new MutationObserver(() => {
     const plan = document.querySelector('#plan-text');
     const text = plan ? plan.textContent.trim() : '';
-    const b = window.__bench;
-    if (!b.plans.length || b.plans[b.plans.length - 1].text !== text) b.plans.push({text, t: performance.now()});
+    const r = document.querySelector('#reasoning');
+    const ep = r ? r.dataset.episode : '';
+    const b = window.__bench, last = b.plans[b.plans.length - 1];
+    if (!last || last.text !== text || last.ep !== ep) b.plans.push({text, ep, t: performance.now()});
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }
 """
@@ -161,16 +166,13 @@ def measure(url: str, trials: int, fps_seconds: float, rate_hz: float) -> dict:
             page.click("#scene-btn")
             page.wait_for_timeout(400)
             page.evaluate(WATCH_JS)
+            ep0 = page.get_attribute("#reasoning", "data-episode")
             t_click = page.evaluate("performance.now()")
             page.click("#run-btn")
-            # Run clears the previous plan; the first text after that blank is this run's first token.
+            # The first plan text shown for a new episode is this run's first token.
             first_js = f"""() => {{
-                const ps = window.__bench.plans; let blank = false;
-                for (const p of ps) {{
-                    if (p.t < {t_click}) continue;
-                    if (!p.text) blank = true; else if (blank) return p.t;
-                }}
-                return null; }}"""
+                const p = window.__bench.plans.find(p => p.t >= {t_click} && p.ep !== {json.dumps(ep0)} && p.text);
+                return p ? p.t : null; }}"""
             page.wait_for_function(first_js, timeout=120_000, polling="raf")
             first = page.evaluate(first_js)
             ui = first - t_click
