@@ -133,9 +133,9 @@ class RealSenseCamera(Camera):
         self._use_depth = self.config.depth
         self._lock = threading.Lock()  # one reader at a time; read_latest never takes it
         self.device_info: dict[str, str | None] = {}
-        # Fraction of valid pixels in the last depth frame before alignment: what the sensor saw.
-        # Aligning upsamples depth (wider field of view) onto colour, so the aligned fraction differs.
-        self.last_raw_depth_valid_fraction: float | None = None
+        # The last depth image before alignment, as the sensor measured it (a copy). Aligning
+        # reprojects depth (a wider field of view) onto colour, which changes its valid fraction.
+        self.last_raw_depth: np.ndarray | None = None
 
     # -- properties -------------------------------------------------------------------------
 
@@ -264,7 +264,8 @@ class RealSenseCamera(Camera):
         if self.config.depth and not self._use_depth:
             logger.warning("the RealSense source has no depth stream; frames carry colour only")
         if self._use_depth:
-            self._depth_scale_m = float(device.first_depth_sensor().get_depth_scale())
+            # The SDK stores the scale as float32 (0.0010000000474974513); 6 digits give back 0.001.
+            self._depth_scale_m = float(f"{device.first_depth_sensor().get_depth_scale():.6g}")
         else:
             streams["depth"] = None
         self._streams = streams
@@ -297,8 +298,7 @@ class RealSenseCamera(Camera):
             timestamp = time.monotonic()
             depth_array = None
             if self._use_depth:
-                raw = np.asanyarray(depth.get_data())
-                self.last_raw_depth_valid_fraction = float(np.count_nonzero(raw)) / raw.size
+                self.last_raw_depth = np.asanyarray(depth.get_data()).copy()
                 if self._align is not None:
                     frames = self._align.process(frames)
                     depth = frames.get_depth_frame()
