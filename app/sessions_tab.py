@@ -51,7 +51,8 @@ class SessionsBrowser:
     def dataset(self, name: str) -> Any:
         from rt2_cot.sessions import SessionDataset
 
-        return SessionDataset(self.session_path(name))
+        self.session_path(name)
+        return SessionDataset.open(self.root, name)  # the reader re-checks the name against the root
 
     def episodes(self, name: str) -> list[dict]:
         return list(self.dataset(name).episodes())
@@ -73,16 +74,17 @@ class SessionsBrowser:
         return pd.DataFrame(rows, columns=EPISODE_COLUMNS)
 
     def frame_view(self, name: str, episode: int, index: int) -> tuple[str, str]:
-        """The frame as an image plus that step's plan, tokens and decoded action."""
+        """The frame (colour | depth, as in the live view) plus that step's plan, tokens and action."""
         frame = self.dataset(name).frame(int(episode), int(index))
         image = _first(frame, "image", "color", "observation.images.color")
         img_html = '<div class="no-frame">no image</div>'
         if image is not None:
-            arr = np.asarray(image)
-            if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
-                arr = np.transpose(arr, (1, 2, 0))
-            if arr.dtype != np.uint8:
-                arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            arr = _rgb(image)
+            depth_m = _first(frame, "depth_m")
+            if depth_m is not None:
+                d = np.asarray(depth_m, np.float32)
+                near, far = rendering.depth_range(d)
+                arr = rendering.side_by_side(arr, rendering.colorize_depth(d, near, far, arr.shape[:2]))
             uri = rendering.jpeg_data_uri(rendering.encode_jpeg(arr, 85))
             img_html = f'<img id="replay-img" src="{uri}" style="width:100%;height:auto;border-radius:6px" />'
         plan = _first(frame, "plan") or ""
@@ -117,29 +119,47 @@ class SessionsBrowser:
         raise ConsoleError(f"episode {episode} is not in session {name}")
 
     def export(self, name: str, episode: int | None) -> str:
+        """A zip of the session or one episode (a standalone LeRobot v3.0 dataset) under
+        `<sessions>/_exports/`, the only place the browser downloads from."""
         out_dir = self.root / "_exports"
         out_dir.mkdir(parents=True, exist_ok=True)
-        suffix = "all" if episode is None else f"ep{int(episode)}"
+        suffix = "all" if episode is None else f"episode-{int(episode)}"
         out = out_dir / f"{name}-{suffix}.zip"
-        result = self.dataset(name).export(None if episode is None else int(episode), out)
-        return str(result or out)
+        result = self.dataset(name).export(
+            None if episode is None else int(episode), out, allowed_root=self.root
+        )
+        return str(result)
+
+    def _recording_into(self, name: str) -> Any:
+        rec = getattr(self.rt, "_recorder", None)
+        if rec is not None and Path(getattr(rec, "root", "")).name == name:
+            return rec
+        return None
 
     def delete(self, name: str, episode: int) -> None:
-        if self.rt.busy and self.rt.live().recording:
-            raise ConsoleError("stop the run before deleting recorded episodes")
-        ds = self.dataset(name)
-        ds.delete_episode(int(episode))
+        if self._recording_into(name) is not None and self.rt.busy:
+            raise ConsoleError("this session is being recorded: stop the run before deleting its episodes")
+        self.dataset(name).delete_episode(int(episode))
 
     def grade(self, name: str, episode: int, verdict: str, note: str) -> None:
-        from rt2_cot import sessions
-
         if verdict not in ("pass", "fail"):
             raise ConsoleError("choose pass or fail")
-        ds = self.dataset(name)
-        if hasattr(ds, "set_grade"):
-            ds.set_grade(int(episode), verdict, note)
+        recorder = self._recording_into(name)
+        if recorder is not None:  # the recorder also grades the episode it is still writing
+            recorder.set_grade(int(episode), verdict, note)
         else:
-            sessions.set_grade(self.session_path(name), int(episode), verdict, note)
+            self.dataset(name).set_grade(int(episode), verdict, note)
+
+
+def _rgb(image: Any) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = np.transpose(arr, (1, 2, 0))
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
 
 
 def _first(d: Any, *keys: str) -> Any:
