@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from loguru import logger
@@ -42,6 +45,13 @@ class WebcamCamera(Camera):
             return
         import cv2
 
+        # Ask the OS first: OpenCV takes longer to fail and prints its own warnings to stderr.
+        require(
+            not sys.platform.startswith("linux") or Path(f"/dev/video{self.device}").exists(),
+            f"no webcam at /dev/video{self.device}; `rt2-cot cameras list` shows what is attached",
+        )
+        with contextlib.suppress(AttributeError):  # quiet OpenCV's own open/read warnings
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         capture = cv2.VideoCapture(self.device)
         if not capture.isOpened():
             capture.release()

@@ -1,0 +1,173 @@
+"""RealSense through the real pyrealsense2 pipeline: the D435 fixture, a synthetic .db3, bad files,
+no device attached."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed")
+
+from robot_io.cameras.realsense import (
+    RealSenseCamera,
+    RealSenseConfig,
+    RecordingEnded,
+    list_realsense_devices,
+    write_recording,
+)
+from robot_io.errors import CameraError
+from robot_io.types import CameraIntrinsics
+
+
+def test_d435_fixture_plays_with_aligned_depth(realsense_bag):
+    with RealSenseCamera(RealSenseConfig(file=str(realsense_bag))) as cam:
+        t0 = time.monotonic()
+        frame = cam.read()
+        assert t0 <= frame.timestamp_s <= time.monotonic()
+        assert frame.index == 1
+        assert frame.color.shape == (480, 640, 3) and frame.color.dtype == np.uint8
+        assert frame.depth.shape == (480, 640) and frame.depth.dtype == np.uint16
+        assert frame.depth_scale_m == 0.001
+        i = frame.intrinsics
+        assert (i.width, i.height) == (640, 480) and 550 < i.fx < 680 and abs(i.ppx - 320) < 20
+        assert cam.stream_info()["depth"] == {"width": 640, "height": 480, "fps": 6, "format": "z16"}
+        # The sensor's own depth (before alignment): ~93% valid, an office at 0.4-1.8 m.
+        raw = cam.last_raw_depth
+        assert raw.shape == (480, 640)
+        assert np.count_nonzero(raw) / raw.size == pytest.approx(0.933, abs=0.01)
+        assert 0.5 < np.median(raw[raw > 0]) * frame.depth_scale_m < 2.0
+        # Aligned to colour: still a plausible scene, centre pixel ~1.54 m as the fixture README says.
+        metres = frame.depth_m()
+        assert 0.5 < np.nanmedian(metres) < 2.0
+        assert np.nanmedian(metres[230:250, 310:330]) == pytest.approx(1.54, abs=0.08)
+        assert not np.array_equal(frame.depth, raw)  # alignment really reprojected the depth
+        assert frame.color.std() > 10  # a real picture, not a blank buffer
+        assert cam.read_latest() is frame
+        with pytest.raises(RecordingEnded):
+            cam.read()
+
+
+def test_fixture_loops_when_asked(realsense_bag):
+    with RealSenseCamera(RealSenseConfig(file=str(realsense_bag), loop=True)) as cam:
+        frames = [cam.read() for _ in range(3)]
+    assert [f.index for f in frames] == [1, 2, 3]
+    assert all(np.array_equal(f.color, frames[0].color) for f in frames)
+
+
+def _synthetic(n: int, w: int = 32, h: int = 24):
+    colors = [np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8) for k in range(n)]
+    depths = [np.random.default_rng(100 + k).integers(300, 3000, (h, w), dtype=np.uint16) for k in range(n)]
+    return colors, depths, CameraIntrinsics(w, h, 30.0, 31.0, 15.5, 11.5)
+
+
+def test_synthetic_db3_round_trip(tmp_path):
+    colors, depths, intrinsics = _synthetic(12)
+    path = write_recording(
+        tmp_path / "synthetic.db3", colors, depths, intrinsics, depth_scale_m=0.001, fps=30
+    )
+    assert path.stat().st_size > 0
+    frames = []
+    with RealSenseCamera(RealSenseConfig(file=str(path), align_depth_to_color=False)) as cam:
+        assert cam.intrinsics == intrinsics
+        try:
+            while len(frames) < 30:
+                frames.append(cam.read())
+        except RecordingEnded:
+            pass
+    # librealsense's pipeline may skip the first frame of a recording and pairs each colour frame
+    # with the newest depth frame, so allow that; every pixel that comes back must be one we wrote.
+    assert len(frames) >= 10
+    color_ids, depth_ids = [], []
+    for f in frames:
+        assert f.depth_scale_m == 0.001
+        color_ids.append(next(k for k, c in enumerate(colors) if np.array_equal(f.color, c)))
+        depth_ids.append(next(k for k, d in enumerate(depths) if np.array_equal(f.depth, d)))
+    assert color_ids == sorted(color_ids) and color_ids[-1] == 11
+    assert all(abs(c - d) <= 1 for c, d in zip(color_ids, depth_ids, strict=True))
+    assert sum(c == d for c, d in zip(color_ids, depth_ids, strict=True)) >= len(frames) - 2
+
+
+def test_synthetic_db3_aligned_and_colour_only(tmp_path):
+    colors, depths, intrinsics = _synthetic(6)
+    path = write_recording(tmp_path / "aligned.db3", colors, depths, intrinsics)
+    with RealSenseCamera(RealSenseConfig(file=str(path))) as cam:
+        frame = cam.read()
+    # Identity extrinsics and equal intrinsics: alignment keeps (almost) every pixel where it was.
+    written = next(d for d in depths if np.array_equal(d, cam.last_raw_depth))
+    same = frame.depth == written
+    assert same.mean() > 0.9
+
+    path = write_recording(tmp_path / "color_only.db3", colors, None, intrinsics)
+    with RealSenseCamera(RealSenseConfig(file=str(path))) as cam:
+        frame = cam.read()
+        assert cam.stream_info()["depth"] is None
+    assert frame.depth is None and any(np.array_equal(frame.color, c) for c in colors)
+
+
+@pytest.mark.parametrize("kind", ["truncated_bag", "garbage_bag", "mangled_db3", "empty_db3"])
+def test_corrupt_or_truncated_recordings_fail_fast(tmp_path, realsense_bag, kind):
+    if kind == "truncated_bag":
+        path = tmp_path / "cut.bag"
+        path.write_bytes(realsense_bag.read_bytes()[:1_000_000])  # 97% of the file
+    elif kind == "garbage_bag":
+        path = tmp_path / "junk.bag"
+        path.write_bytes(b"this is not a rosbag\n" * 100)
+    elif kind == "mangled_db3":
+        colors, depths, intrinsics = _synthetic(3)
+        good = write_recording(tmp_path / "good.db3", colors, depths, intrinsics)
+        data = bytearray(good.read_bytes())
+        data[4000:9000] = b"\x00" * 5000
+        path = tmp_path / "bad.db3"
+        path.write_bytes(bytes(data))
+    else:
+        path = tmp_path / "empty.db3"
+        path.write_bytes(b"")
+    t0 = time.monotonic()
+    with pytest.raises(CameraError, match="corrupt, truncated or not a RealSense recording") as err:
+        RealSenseCamera(RealSenseConfig(file=str(path))).connect()
+    assert time.monotonic() - t0 < 2.0
+    assert "\n" not in str(err.value)
+
+
+def test_missing_or_wrong_files(tmp_path, realsense_bag):
+    with pytest.raises(CameraError, match="not found"):
+        RealSenseCamera(RealSenseConfig(file=str(tmp_path / "nope.bag"))).connect()
+    wrong = tmp_path / "clip.mp4"
+    shutil.copy(realsense_bag, wrong)
+    with pytest.raises(CameraError, match=r"\.bag or \.db3"):
+        RealSenseCamera(RealSenseConfig(file=str(wrong))).connect()
+    with pytest.raises(CameraError, match="live cameras only"):
+        RealSenseCamera(RealSenseConfig(file=str(realsense_bag), record_to=str(tmp_path / "x.db3"))).connect()
+
+
+def test_no_device_fails_in_under_a_second():
+    if list_realsense_devices():
+        pytest.skip("a RealSense camera is attached to this machine")
+    for config in (RealSenseConfig(), RealSenseConfig(serial="123456789")):
+        t0 = time.monotonic()
+        with pytest.raises(CameraError, match="no RealSense camera is attached"):
+            RealSenseCamera(config).connect()
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_missing_pyrealsense2_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyrealsense2", None)
+    with pytest.raises(CameraError, match=r"pip install pyrealsense2.*libusb-1\.0-0"):
+        RealSenseCamera().connect()
+    assert list_realsense_devices() == []
+
+
+@pytest.mark.hardware
+def test_live_camera_streams_aligned_rgbd(tmp_path):
+    if not list_realsense_devices():
+        pytest.skip("no RealSense camera attached")
+    out = tmp_path / "live.db3"
+    with RealSenseCamera(RealSenseConfig(record_to=str(out))) as cam:
+        frames = [cam.read() for _ in range(10)]
+    assert all(f.depth.shape == f.color.shape[:2] for f in frames)
+    with RealSenseCamera(RealSenseConfig(file=str(out))) as cam:
+        assert cam.read().color.shape == frames[0].color.shape
