@@ -16,6 +16,8 @@ Definitions (JSON keys per DESIGN.md):
   tokens_per_s       generated tokens / generation time, chain-of-thought path
   rss_mb             peak resident memory of this process (model + simulator + everything)
   sim_ms_p50         render + physics per step (not included in the rates above)
+  *_cpu_hz           1000 / mean CPU time per step (all threads): a load-independent estimate of
+                     the rate on one dedicated core, for when other jobs share the machine
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class BenchResult:
     rss_mb: float
     # context: what was measured, on what
     plan_reuse_step_ms_p50: float = 0.0
+    # Rates from CPU time (all threads of this process) instead of wall time: what one dedicated
+    # core would sustain, nearly independent of other jobs on a shared machine.
+    cot_cpu_hz: float = 0.0
+    plan_reuse_cpu_hz: float = 0.0
+    naive_cpu_hz: float | None = None
     naive_step_ms_p50: float | None = None
     sim_ms_p50: float = 0.0
     speedup_cot_vs_naive: float | None = None
@@ -219,6 +226,7 @@ def run_benchmark(
         policy.reset(instruction)
 
     lat: dict[str, list[float]] = {k: [] for k in policies}
+    cpu: dict[str, list[float]] = {k: [] for k in policies}  # CPU time of this process per step
     ttft: list[float] = []
     sim_ms: list[float] = []
     tokens = 0
@@ -231,13 +239,16 @@ def run_benchmark(
         frame = sim.render()
         sim_t = (time.perf_counter() - t0) * 1e3
         obs = Observation(frame=frame, arm=sim.ee_state(), instruction=instruction, step=step)
-        outputs = {}
+        outputs, cpu_step = {}, {}
         for name, policy in policies.items():
+            c0 = time.process_time()
             outputs[name] = policy.step(obs)
+            cpu_step[name] = (time.process_time() - c0) * 1e3
         timed = step >= warmup
         if timed:
             for name, out in outputs.items():
                 lat[name].append(out.latency_ms)
+                cpu[name].append(cpu_step[name])
             cot = outputs["cot"]
             if cot.ttft_ms is not None:
                 ttft.append(cot.ttft_ms)
@@ -277,6 +288,9 @@ def run_benchmark(
         tokens_per_s=tokens / (gen_ms / 1000.0) if gen_ms else 0.0,
         rss_mb=_peak_rss_mb(),
         plan_reuse_step_ms_p50=_percentile(lat["reuse"], 50),
+        cot_cpu_hz=hz(cpu["cot"]),
+        plan_reuse_cpu_hz=hz(cpu["reuse"]),
+        naive_cpu_hz=hz(cpu["naive"]) if "naive" in cpu else None,
         naive_step_ms_p50=_percentile(lat["naive"], 50) if "naive" in lat else None,
         sim_ms_p50=_percentile(sim_ms, 50),
         speedup_cot_vs_naive=cot_hz / naive_hz if naive_hz else None,

@@ -28,6 +28,7 @@ speculative drafts; with temperature > 0 tokens are sampled one at a time withou
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ class BuiltinBackend:
         *,
         model=None,
         processor=None,
-        num_threads: int | None = 2,
+        num_threads: int | None = None,
         drafts: bool = True,
         quantize: bool = False,
         max_plan_tokens: int | None = None,
@@ -110,11 +111,14 @@ class BuiltinBackend:
         `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
         `quantize`: dynamic int8 decoder linears, in place (not token-identical; off by default).
         `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
+        `num_threads`: torch intra-op threads (default: $RT2_NUM_THREADS or 2).
         """
         import rt2_cot.model as rt2_model  # registers the Auto classes
 
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        # 2 intra-op threads on a dedicated 2-core machine; on a machine shared with other busy
+        # processes 1 is much faster (idle OpenMP threads spin), so RT2_NUM_THREADS can say so.
+        num_threads = num_threads or int(os.environ.get("RT2_NUM_THREADS", "2"))
+        torch.set_num_threads(num_threads)
         if model is None:
             if path is None:
                 raise ModelLoadError("BuiltinBackend needs a checkpoint folder or a model")

@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         f"CoT every step      {data['cot_every_step_hz']:.1f} Hz   (p50 {data['step_ms_p50']:.1f} ms, p95 {data['step_ms_p95']:.1f} ms, TTFT p50 {data['ttft_ms_p50']:.1f} ms)",
         f"plan reuse (1/{data['replan_every']})    {data['plan_reuse_hz']:.1f} Hz   (p50 {data['plan_reuse_step_ms_p50']:.1f} ms)",
         f"naive generate()    {naive}",
+        f"CPU-time rates      CoT {data['cot_cpu_hz']:.1f} Hz, plan reuse {data['plan_reuse_cpu_hz']:.1f} Hz, naive "
+        + (f"{data['naive_cpu_hz']:.1f} Hz" if data["naive_cpu_hz"] is not None else "-")
+        + "  (1000 / CPU ms per step: one dedicated core)",
         f"tokens/s            {data['tokens_per_s']:.0f}",
         f"peak RSS            {data['rss_mb']:.0f} MB (model + simulator)",
         f"sim render+physics  {data['sim_ms_p50']:.1f} ms per step (not in the rates)",
