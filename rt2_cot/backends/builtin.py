@@ -19,11 +19,14 @@ fraction of the time. What makes it fast, each kept because it measurably helped
   the same pass; tokens are accepted only while they equal the greedy choice, and decoding goes on
   one token at a time from the first disagreement. The output is the greedy output either way; a
   plan every step then costs little more than plan reuse.
-* torch.inference_mode, 2 intra-op threads (this machine's cores).
+* torch.inference_mode, 2 intra-op threads (this machine's cores; 1 when it is shared with other
+  busy processes, where idle OpenMP threads spin: RT2_NUM_THREADS=1 was many times faster at load 9).
 
-Tried and not kept by default: dynamic int8 quantisation of the linear layers changes the greedy
-tokens and was not faster at batch 1 (see `quantize=` and tests). Greedy decoding only for the
-speculative drafts; with temperature > 0 tokens are sampled one at a time without drafts.
+Tried and not kept: dynamic int8 quantisation of the decoder linears (`quantize=True`) changed the
+greedy tokens on 64 of 96 steps of a random-init model, so it is off by default; torch.compile
+(inductor) of the layer loop and the image encoder gave identical tokens but took ~3 minutes to
+compile on this machine and no measurable gain at batch 1 under load, so it is not used.
+Drafts apply to greedy decoding only; with temperature > 0 tokens are sampled one at a time.
 """
 
 from __future__ import annotations
