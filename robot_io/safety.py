@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,9 @@ class SafetyLimits:
     - `max_rotation_rad` 0.25: the codec's per-axis rotation range; again limits only diagonals.
     - `max_gripper_change` 0.5: a full close takes two steps, so a single stray action cannot
       snap the gripper shut on a finger; a deliberate grasp still closes within ~0.2-0.6 s.
-    - `watchdog_timeout_s` 1.0: a CPU step of the built-in model takes well under a second; if no
-      valid action arrives for a second the policy or the link is stuck, so the arm holds.
+    - `watchdog_timeout_s` 2.0: a step of a CPU-run model (or a remote one over a LAN) takes up to
+      about a second; twice that with no valid action means the policy or the link is stuck, so
+      the arm holds. A relative xArm step (<= 5 cm at 100 mm/s) finishes well inside it.
     """
 
     workspace_min_xyz_m: tuple[float, float, float] = (0.15, -0.40, 0.0)
@@ -49,7 +51,7 @@ class SafetyLimits:
     max_translation_m: float = 0.05
     max_rotation_rad: float = 0.25
     max_gripper_change: float = 0.5
-    watchdog_timeout_s: float = 1.0
+    watchdog_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.workspace_min_xyz_m, float), np.asarray(self.workspace_max_xyz_m, float)
@@ -146,6 +148,10 @@ class SafetyShield:
     threads cannot both clip against the same pose); `estop` takes no lock, so it never waits for a
     send in progress: it latches a flag and stops the arm at once, and a send that was already inside
     `arm.apply` stops the arm again as soon as the apply returns.
+
+    The watchdog runs on its own daemon thread from the first applied command (so a policy that
+    hangs inside a step is caught, not only between steps); the loop may also call
+    `hold_if_stale()` itself. `close()` stops the thread.
     """
 
     def __init__(self, arm: Arm, limits: SafetyLimits | None = None) -> None:
@@ -156,6 +162,12 @@ class SafetyShield:
         self._send_lock = threading.Lock()
         self._last_valid_s: float | None = None  # monotonic time of the last command applied
         self._stale_held = False
+        # Guards the watchdog's check-then-stop against a send starting in between (which would
+        # otherwise be stopped right after being applied); held only for microseconds.
+        self._watch_lock = threading.Lock()
+        self._sending = False
+        self._watchdog_thread: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # -- clipping -----------------------------------------------------------------------------
 
@@ -180,8 +192,9 @@ class SafetyShield:
     def reset_estop(self) -> None:
         """The only way to clear a latched e-stop. The watchdog restarts from the next command."""
         self._estop.clear()
-        self._last_valid_s = None
-        self._stale_held = False
+        with self._watch_lock:
+            self._last_valid_s = None
+            self._stale_held = False
         logger.info("e-stop reset")
 
     # -- sending ------------------------------------------------------------------------------
@@ -205,15 +218,23 @@ class SafetyShield:
                 self.arm.stop()
                 self.last_notes = ("e-stop latched: hold",)
                 return None
-            executed = self.arm.apply(clipped)
+            with self._watch_lock:
+                self._sending = True
+                self._last_valid_s = time.monotonic()
+                self._stale_held = False
+            try:
+                executed = self.arm.apply(clipped)
+            finally:
+                with self._watch_lock:
+                    self._sending = False
+                    self._last_valid_s = time.monotonic()
             if self._estop.is_set():
                 # The e-stop arrived while the arm was executing: its stop() may have run before
                 # the motion began, so stop again now that apply has returned.
                 self.arm.stop()
                 notes = (*notes, "e-stop latched during the step: stopped")
-            self._last_valid_s = time.monotonic()
-            self._stale_held = False
             self.last_notes = notes
+        self._start_watchdog()
         if notes:
             logger.debug("shield: {}", "; ".join(notes))
         return executed
@@ -229,13 +250,45 @@ class SafetyShield:
         return now - last > self.limits.watchdog_timeout_s
 
     def hold_if_stale(self, now: float | None = None) -> bool:
-        """Hold the arm (once per stale period) when the watchdog expired; True if it did."""
-        if not self.watchdog_expired(now) or self._stale_held:
-            return False
-        self._stale_held = True
-        self.arm.stop()
+        """Hold the arm (once per stale period) when the watchdog expired; True if it did.
+
+        Never while a send is executing: an action is arriving, and stopping it would be wrong.
+        """
+        with self._watch_lock:
+            if self._sending or self._stale_held or self.estopped or not self.watchdog_expired(now):
+                return False
+            self._stale_held = True
+            self.arm.stop()
         self.last_notes = (f"watchdog: no valid action for {self.limits.watchdog_timeout_s:.1f} s: hold",)
         logger.warning(
             "watchdog: no valid action for {:.1f} s; holding the arm", self.limits.watchdog_timeout_s
         )
         return True
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog_thread is not None or self._closed.is_set():
+            return
+        period = min(0.1, self.limits.watchdog_timeout_s / 4)
+        # The thread holds only a weak reference, so a forgotten shield is still garbage-collected.
+        ref, closed = weakref.ref(self), self._closed
+
+        def watch() -> None:
+            while not closed.wait(period):
+                shield = ref()
+                if shield is None:
+                    return
+                try:
+                    shield.hold_if_stale()
+                except Exception as exc:  # a failing arm.stop() must not kill the watchdog
+                    logger.error("watchdog could not hold the arm: {}", exc)
+                del shield
+
+        self._watchdog_thread = threading.Thread(target=watch, name="shield-watchdog", daemon=True)
+        self._watchdog_thread.start()
+
+    def close(self) -> None:
+        """Stop the watchdog thread. The shield still clips and e-stops afterwards."""
+        self._closed.set()
+        thread = self._watchdog_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)

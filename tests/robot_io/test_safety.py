@@ -222,6 +222,7 @@ def test_estop_wins_against_concurrent_sends(apply_delay_s):
 def test_watchdog_holds_once_per_stale_period():
     arm = KinematicArm()
     shield = SafetyShield(arm, SafetyLimits(watchdog_timeout_s=0.5))
+    shield.close()  # only the explicit calls below, with explicit clocks
     assert not shield.watchdog_expired() and not shield.hold_if_stale()  # nothing sent yet
     shield.send(EndEffectorCommand(delta_xyz_m=(0.01, 0, 0)))
     now = time.monotonic()
@@ -242,3 +243,23 @@ def test_limits_reject_nonsense():
         SafetyLimits(workspace_min_xyz_m=(1, 0, 0), workspace_max_xyz_m=(0, 1, 1))
     with pytest.raises(ValueError):
         SafetyLimits(max_translation_m=0)
+
+
+def test_watchdog_thread_holds_a_stuck_policy_but_never_mid_step():
+    arm = KinematicArm()
+    shield = SafetyShield(arm, SafetyLimits(watchdog_timeout_s=0.2))
+    try:
+        shield.send(EndEffectorCommand(delta_xyz_m=(0.01, 0, 0)))
+        time.sleep(0.5)  # the policy "hangs": nobody calls hold_if_stale
+        assert arm.holding and shield.last_notes[0].startswith("watchdog")
+        stops = [e for e in arm.log if e[0] == "stop"]
+        assert len(stops) == 1  # once per stale period
+
+        # A slow step (longer than the timeout) is an action arriving, not a stale policy.
+        arm.apply_delay_s = 0.5
+        arm.log.clear()
+        shield.send(EndEffectorCommand(delta_xyz_m=(0.01, 0, 0)))
+        assert [kind for kind, _ in arm.log] == ["apply"]
+    finally:
+        shield.close()
+    assert shield._watchdog_thread is not None and not shield._watchdog_thread.is_alive()
