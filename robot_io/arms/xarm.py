@@ -42,7 +42,10 @@ def command_to_xarm_move(command: EndEffectorCommand) -> dict[str, Any]:
     """Keyword arguments for `XArmAPI.set_position` executing one relative step.
 
     EndEffectorCommand deltas are metres and radians in the base frame; the SDK takes millimetres
-    and (with is_radian=False) degrees. A terminate command is a zero move.
+    and (with is_radian=False) degrees. A terminate command is a zero move. With relative=True the
+    controller adds the roll/pitch/yaw deltas to its current Euler angles, the same additive rule
+    the simulator uses; for the small per-step rotations the shield allows (<= 0.25 rad) that is
+    close to a rotation about the base axes.
     """
     if command.terminate:
         dx = dy = dz = droll = dpitch = dyaw = 0.0
@@ -77,7 +80,7 @@ def xarm_pose_to_state(pose_mm_deg, gripper_pulse: float | None) -> ArmState:
     """`get_position(is_radian=False)` values [x, y, z (mm), roll, pitch, yaw (deg)] -> ArmState."""
     values = [float(v) for v in pose_mm_deg]
     if len(values) < 6:
-        raise ArmError(f"the xArm reported a malformed pose {pose_mm_deg!r}")
+        raise ArmError(f"the xArm reported a malformed pose {pose_mm_deg!r}; reconnect the arm")
     xyz = np.asarray(values[:3]) / 1000.0
     rpy = np.radians(np.asarray(values[3:6]))
     gripper = 1.0 if gripper_pulse is None else pulse_to_gripper(gripper_pulse)

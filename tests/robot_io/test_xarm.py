@@ -212,3 +212,18 @@ def test_real_xarm_connects_and_reports_a_pose():
     with make_arm(f"xarm:{ip}") as arm:
         state = arm.state()
         assert state.connected and np.all(np.isfinite(state.ee_xyz_m))
+
+
+def test_registry_sim_arm_moves_behind_the_shield():
+    pytest.importorskip("mujoco")
+    arm = make_arm("sim")
+    with arm:
+        shield = SafetyShield(arm)
+        try:
+            before = arm.state().ee_xyz_m.copy()
+            sent = shield.send(EndEffectorCommand(delta_xyz_m=(0.0, 0.0, -0.04), gripper=1.0))
+            assert sent.delta_xyz_m[2] == pytest.approx(-0.04)
+            assert arm.state().ee_xyz_m[2] == pytest.approx(before[2] - 0.04, abs=0.005)
+        finally:
+            shield.close()
+            arm.sim.close()
