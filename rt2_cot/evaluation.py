@@ -521,6 +521,7 @@ class EpisodeResult:
         names = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in d.items() if k in names}
         kwargs["expected_plan_object"] = tuple(kwargs.get("expected_plan_object") or ())
+        kwargs.setdefault("criterion", "")  # reports saved before the field existed
         return cls(**kwargs)
 
 

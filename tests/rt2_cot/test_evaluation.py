@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from robot_io.types import EndEffectorCommand
+from rt2_cot.errors import ConfigError
 from rt2_cot.evaluation import (
     EpisodeResult,
     EvalReport,
@@ -144,6 +145,9 @@ def test_manual_grades_override_and_fill_in_results(tmp_path):
     assert [r.note for r in back.results] == [r.note for r in report.results]
     with pytest.raises(Exception, match="no result for case"):
         report.set_grade("nope", 0, True)
+    (tmp_path / "junk.json").write_text('["not", "a", "report"]')
+    with pytest.raises(ConfigError, match="not an evaluation report"):
+        load_report(tmp_path / "junk.json")
 
 
 def test_compare_puts_two_runs_side_by_side():
