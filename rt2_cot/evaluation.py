@@ -944,6 +944,8 @@ class SuiteRun:
         self._stop = threading.Event()
         self._loop: Any = None
         self._lock = threading.Lock()
+        # The report being filled in, readable while the run goes on (live tables, periodic saves).
+        self.report: EvalReport | None = None
 
     def stop(self) -> None:
         """End the run within one control step (thread-safe); the report keeps finished episodes."""
@@ -998,6 +1000,7 @@ class SuiteRun:
                 suite_path=self.suite.path,
                 label=self.label,
             )
+            self.report = report
             for case in self.suite.cases:
                 for episode, scene_seed in enumerate(case.episode_seeds(self.seed, self.episodes_for(case))):
                     result = None

@@ -97,9 +97,18 @@ def run(args: argparse.Namespace) -> int:
     def progress(result) -> None:
         done[0] += 1
         logger.debug(f"[{done[0]}/{total}] {result.case_id}: {result.passed}")
+        # Long model runs keep what they have: a crash or Ctrl-C loses at most a few episodes.
+        if args.save and done[0] % 20 == 0 and run_.report is not None:
+            run_.report.save(args.save)
 
     run_.on_result = progress
-    report = run_.run()
+    try:
+        report = run_.run()
+    except KeyboardInterrupt:
+        if args.save and run_.report is not None:
+            run_.report.save(args.save)
+            logger.warning(f"interrupted: {len(run_.report.results)} finished episodes saved to {args.save}")
+        raise
     if args.report:
         _write(args.report, report.to_markdown())
     if args.csv:

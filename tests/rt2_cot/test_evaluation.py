@@ -292,6 +292,7 @@ def test_stop_from_another_thread_ends_the_run_within_a_step(rig):
     assert time.monotonic() - t0 < 5.0
     assert report.stopped
     assert report.results == []  # the interrupted episode has no verdict
+    assert run.report is report
 
 
 def test_manual_mode_waits_for_the_operator_and_leaves_grades_empty(rig):
