@@ -39,6 +39,10 @@ class TrainConfig:
     use_vl: bool = True  # vision-language co-training (ablation: false)
     num_hidden_layers: int = 4
     steps: int = 4000
+    # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
+    # first, and the learning-rate schedule follows whichever is further along, so a run on a busy
+    # machine still anneals properly and ends on time. Elapsed time survives resumption.
+    max_minutes: float = 0.0
     batch_size: int = 32
     lr: float = 3e-4  # new parts: projector, output bias
     lr_pretrained: float = 1e-4  # MiniLM layers and embeddings: gentler, they already know language
@@ -234,11 +238,21 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     ]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def run_progress(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
+    """Fraction of the run done: by steps, or by the wall-clock budget if that is further along."""
+    p = step / max(1, cfg.steps)
+    if cfg.max_minutes > 0:
+        p = max(p, elapsed_s / (60.0 * cfg.max_minutes))
+    return p
+
+
+def lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from 1 to 0.05 over the rest of the run."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    warm = cfg.warmup_steps / max(1, cfg.steps)
+    frac = (progress - warm) / max(1e-6, 1 - warm)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
 
 
 def split_validation(data: RobotData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,23 +297,28 @@ def train(cfg: TrainConfig, out: Path) -> dict:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98))
     history: list[dict] = []
-    step = 0
+    step, elapsed_before = 0, 0.0
     if state:
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         history, step = state["history"], state["step"]
-        logger.info(f"resumed from {state_path} at step {step}")
+        elapsed_before = state.get("elapsed_s", 0.0)
+        logger.info(f"resumed from {state_path} at step {step} ({elapsed_before / 60:.1f} min trained)")
     n_trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     logger.info(f"{n_trainable / 1e6:.1f}M trainable parameters, {len(output_ids)} output tokens")
 
     model.train()
     t_start, seen = time.time(), 0
     progress = (out / "progress.jsonl").open("a")
-    while step < cfg.steps:
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - t_start
+
+    while run_progress(step, elapsed(), cfg) < 1.0:
         rng = np.random.default_rng([cfg.seed, step])  # deterministic per step, so resuming is exact
         batch = data.sample(rng, cfg.batch_size, cfg.vl_fraction if data.vl else 0.0, cfg.plain_fraction)
         for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+            g["lr"] = g["base_lr"] * lr_factor(step, run_progress(step, elapsed(), cfg), cfg)
         loss, parts = compute_loss(model, batch, targets, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -310,13 +329,19 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         step += 1
         seen += cfg.batch_size
         record = {"step": step, **parts}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        finished = run_progress(step, elapsed(), cfg) >= 1.0
+        if step % cfg.eval_every == 0 or finished:
             record.update(evaluate(model, val, targets, cfg, baseline))
         history.append(record)
         if step % cfg.log_every == 0 or "val_xyz_bin_mae" in record:
             rate = seen / (time.time() - t_start)
-            eta_min = (cfg.steps - step) * cfg.batch_size / rate / 60
-            record.update({"samples_per_s": round(rate, 2), "elapsed_s": round(time.time() - t_start, 1)})
+            left = 1.0 - run_progress(step, elapsed(), cfg)
+            eta_min = (
+                left
+                * (cfg.steps * cfg.batch_size / rate if not cfg.max_minutes else cfg.max_minutes * 60)
+                / 60
+            )
+            record.update({"samples_per_s": round(rate, 2), "elapsed_s": round(elapsed(), 1)})
             logger.info(
                 f"step {step}/{cfg.steps} "
                 + " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float))
@@ -324,8 +349,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             )
             progress.write(json.dumps(record) + "\n")
             progress.flush()
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save_state(state_path, model, optimizer, history, step, output_ids)
+        if step % cfg.save_every == 0 or finished:
+            save_state(state_path, model, optimizer, history, step, output_ids, elapsed())
             plot_history(history, out / "loss.png")
     progress.close()
     export_checkpoint(model, out / "checkpoint")
@@ -337,13 +362,15 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         "first_loss": float(np.mean(losses[:k])) if losses else None,
         "last_loss": float(np.mean(losses[-k:])) if losses else None,
         "final": history[-1] if history else {},
-        "wall_s": round(time.time() - t_start, 1),
+        "wall_s": round(elapsed(), 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def save_state(path: Path, model, optimizer, history: list[dict], step: int, output_ids: list[int]) -> None:
+def save_state(
+    path: Path, model, optimizer, history: list[dict], step: int, output_ids: list[int], elapsed_s: float
+) -> None:
     trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("vision.")}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
@@ -353,6 +380,7 @@ def save_state(path: Path, model, optimizer, history: list[dict], step: int, out
             "history": history,
             "step": step,
             "output_ids": output_ids,
+            "elapsed_s": elapsed_s,
         },
         tmp,
     )

@@ -29,7 +29,7 @@ class Example:
 
 @dataclass
 class Batch:
-    features: torch.Tensor  # (B, 64, 1392) frozen backbone features
+    features: torch.Tensor  # (B, num_image_tokens, C) frozen backbone features
     input_ids: torch.Tensor  # (B, T), right-padded
     labels: torch.Tensor  # (B, T) the token to predict *at* each position (already shifted), -100 = none
     roles: torch.Tensor  # (B, T) TEXT / action dimension of that label
@@ -102,12 +102,14 @@ class RobotData:
         for shard in self.shards:  # pixels are no longer needed; features are 1/3 of their size
             shard.images = shard.images[:0]
 
+    space_to_depth = 2  # must match the model config's vision_space_to_depth
+
     def batch_features(self, frames: list[int]) -> torch.Tensor:
         from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
 
         assert self.features is not None, "call load_features(model) first"
         fine, coarse = unpack_maps(self.features[frames])
-        return FrozenEfficientNetLite0.combine(fine, coarse)
+        return FrozenEfficientNetLite0.combine(fine, coarse, self.space_to_depth)
 
     # -- examples ---------------------------------------------------------------------------------
     def robot_example(self, frame: int, plain: bool) -> Example:

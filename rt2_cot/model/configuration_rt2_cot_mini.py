@@ -21,8 +21,12 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self,
         # -- vision -------------------------------------------------------------------------
         image_size: int = 128,  # 128 px keeps an 8x8 stride-16 map: enough to localise, cheap to encode
-        vision_grid: int = 8,  # tokens per side of the image prefix (image_size / 16)
-        vision_feature_dim: int = 112 + 1280,  # stride-16 block-10 map + upsampled stride-32 head map
+        # The 8x8 stride-16 map is folded 2x2 into channels (space-to-depth) next to the 4x4 stride-32
+        # head map: 16 prefix tokens instead of 64 halve the cost of every training step on 2 cores
+        # while each token still knows which quarter of its cell holds what.
+        vision_space_to_depth: int = 2,
+        vision_grid: int = 4,  # tokens per side of the image prefix (image_size / 16 / space_to_depth)
+        vision_feature_dim: int = 4 * 112 + 1280,  # folded stride-16 block-10 map + stride-32 head map
         # -- language (MiniLM-L6 / BERT geometry; must match the pretrained weights) ---------------
         vocab_size: int = 30522,
         hidden_size: int = 384,
@@ -43,6 +47,7 @@ class Rt2CotMiniConfig(PretrainedConfig):
         **kwargs,
     ):
         self.image_size = image_size
+        self.vision_space_to_depth = vision_space_to_depth
         self.vision_grid = vision_grid
         self.vision_feature_dim = vision_feature_dim
         self.vocab_size = vocab_size

@@ -1,7 +1,8 @@
 """rt2-cot-mini: an RT-2 at laptop scale, readable top to bottom.
 
-    image (128 px) --frozen EfficientNet-Lite0--> 8x8 map (stride 16, + the stride-32 head map)
-                   --MLP + 2-D positions-->       64 prefix tokens of width 384
+    image (128 px) --frozen EfficientNet-Lite0--> 8x8 stride-16 map folded 2x2 into channels + the
+                                                  4x4 stride-32 head map
+                   --MLP + 2-D positions-->       16 prefix tokens of width 384
     "[CLS] instruction : ..." --MiniLM embeddings--> text tokens
     [prefix | text] --4 post-LN BERT layers, image tokens see each other, text is causal-->
     hidden --x tied word embeddings of the allowed output tokens--> logits
@@ -10,7 +11,7 @@ The answer is plain text: `plan : pick up the rock . action : 0 131 119 96 128 1
 (the tokenizer is uncased; integers 0..255 are single WordPiece tokens, as in RT-2-PaLI-X).
 
 Fast path for a tight control loop (what `rt2_cot.backends.builtin` drives):
-    prefix = model.encode_image(pixel_values)                       # (B, 64, 384)
+    prefix = model.encode_image(pixel_values)                       # (B, 16, 384)
     logits, cache = model.prefill(prefix, input_ids)                # logits over output_token_ids
     logits, cache = model.decode_step(next_ids, cache)              # one token, KV cache
     model.output_token_ids                                          # LongTensor of vocabulary ids
@@ -77,13 +78,17 @@ class FrozenEfficientNetLite0(nn.Module):
         return fine, net._swish(net._bn1(net._conv_head(x)))
 
     @staticmethod
-    def combine(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        """Both maps -> (B, HW, 112 + 1280): the head map upsampled onto the stride-16 grid."""
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+    def combine(fine: torch.Tensor, coarse: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
+        """Both maps -> (B, cells, C): the stride-16 map folded `space_to_depth` x `space_to_depth`
+        into channels (no information lost), the head map resized onto the same grid."""
+        if space_to_depth > 1:
+            fine = F.pixel_unshuffle(fine, space_to_depth)
+        if coarse.shape[-2:] != fine.shape[-2:]:
+            coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
         return torch.cat([fine, coarse], dim=1).flatten(2).transpose(1, 2)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.combine(*self.maps(pixel_values))
+    def forward(self, pixel_values: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
+        return self.combine(*self.maps(pixel_values), space_to_depth)
 
 
 class ImageProjector(nn.Module):
@@ -232,11 +237,13 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         return (images_uint8.permute(0, 3, 1, 2).float() - _PIXEL_MEAN) / _PIXEL_STD
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen backbone features (B, 64, 1392); training caches these once per frame."""
-        return self.vision(pixel_values.to(self.projector.fc1.weight.dtype))
+        """Frozen backbone features (B, 16, 1728); training caches the maps once per frame."""
+        return self.vision(
+            pixel_values.to(self.projector.fc1.weight.dtype), self.config.vision_space_to_depth
+        )
 
     def encode_image(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):
-        """Pixels (or cached backbone features) -> prefix embeddings (B, 64, hidden)."""
+        """Pixels (or cached backbone features) -> prefix embeddings (B, num_image_tokens, hidden)."""
         if features is None:
             features = self.image_features(pixel_values)
         return self.projector(features.to(self.projector.fc1.weight.dtype))
