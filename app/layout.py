@@ -163,8 +163,8 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
                     max_chars=160,
                     elem_id="history",
                 )
-            with gr.Tab("Sessions", id="sessions"):
-                sessions_tab.build(runtime)
+            with gr.Tab("Sessions", id="sessions") as sessions_page:
+                sessions_tab.build(runtime, sessions_page)
             with gr.Tab("Reasoning tests", id="tests"):
                 eval_tab.build(runtime, suites_dir)
 

@@ -151,6 +151,13 @@ class SessionsBrowser:
             self.dataset(name).set_grade(int(episode), verdict, note)
 
 
+def _safe(fn: Any) -> list[str]:
+    try:
+        return fn()
+    except Exception:  # no sessions folder yet, or an unreadable one: start with an empty list
+        return []
+
+
 def _rgb(image: Any) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
@@ -171,13 +178,23 @@ def _first(d: Any, *keys: str) -> Any:
     return None
 
 
-def build(runtime: ConsoleRuntime) -> SessionsBrowser:
+def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
+    """The tab's components and events; `tab` (the gr.Tab) refreshes the list when selected."""
     sb = SessionsBrowser(runtime)
     gr.Markdown(
         f"Recorded sessions in `{sb.root.name}/` (LeRobot v3.0 datasets). Tick **Record session** on the Live tab to add episodes."
     )
     with gr.Row():
-        session = gr.Dropdown([], label="Session", elem_id="session-pick", scale=3)
+        # Custom values are allowed because every name is validated against the sessions root anyway.
+        initial = _safe(sb.sessions)
+        session = gr.Dropdown(
+            initial,
+            value=initial[0] if initial else None,
+            label="Session",
+            elem_id="session-pick",
+            scale=3,
+            allow_custom_value=True,
+        )
         refresh = gr.Button("Refresh", elem_id="session-refresh")
     episodes = gr.Dataframe(
         pd.DataFrame(columns=EPISODE_COLUMNS),
@@ -187,7 +204,7 @@ def build(runtime: ConsoleRuntime) -> SessionsBrowser:
         max_height=240,
     )
     with gr.Row():
-        episode = gr.Dropdown([], label="Episode", elem_id="episode-pick")
+        episode = gr.Dropdown([], label="Episode", elem_id="episode-pick", allow_custom_value=True)
         scrub = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="frame-scrub", scale=3)
     with gr.Row():
         with gr.Column(scale=3):
@@ -288,6 +305,8 @@ def build(runtime: ConsoleRuntime) -> SessionsBrowser:
         return sb.episode_table(name)
 
     refresh.click(do_refresh, [session], [session], api_name="list_sessions")
+    if tab is not None:
+        tab.select(do_refresh, [session], [session], api_name=False, show_progress="hidden")
     session.change(pick_session, [session], [episodes, episode], api_name="session_episodes")
     episode.change(pick_episode, [session, episode], [scrub, view, details], api_name="open_episode")
     scrub.change(
