@@ -816,6 +816,22 @@ def compare(a: EvalReport, b: EvalReport) -> str:
         f"- A: {name_a} (policy `{a.policy}`, {a.summary()['episodes']} episodes)",
         f"- B: {name_b} (policy `{b.policy}`, {b.summary()['episodes']} episodes)",
         "",
+    ]
+    differs = [
+        f"{what} ({x} vs {y})"
+        for what, x, y in (
+            ("seed", a.seed, b.seed),
+            ("episodes per case", a.episodes_per_case, b.episodes_per_case),
+            ("episodes per category", a.episodes_per_category, b.episodes_per_category),
+            ("max steps", a.max_steps, b.max_steps),
+            ("mode", a.mode, b.mode),
+        )
+        if x != y
+    ]
+    if differs:
+        # Different seeds mean different scenes: the comparison is then not like for like.
+        lines += [f"Not like for like: the runs differ in {', '.join(differs)}.", ""]
+    lines += [
         "| category | success A | success B | change | plan acc. A | plan acc. B | valid A | valid B |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

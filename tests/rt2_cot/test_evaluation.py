@@ -163,6 +163,9 @@ def test_compare_puts_two_runs_side_by_side():
     assert "| r1 | 0% | 100% | +100 pp |" in md
     assert "| c1 |" not in md.split("## Cases that changed")[1]
     assert "No case changed" in compare(a, a)
+    assert "Not like for like" not in md
+    b.seed = 4
+    assert "Not like for like: the runs differ in seed (3 vs 4)." in compare(a, b)
 
 
 # -- closed loop in the simulator ---------------------------------------------------------------------
