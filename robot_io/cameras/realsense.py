@@ -131,6 +131,7 @@ class RealSenseCamera(Camera):
         self._streams: dict[str, dict | None] = {"color": None, "depth": None}
         self._index = 0
         self._use_depth = self.config.depth
+        self._held = None  # playback: one frameset held back to pair colour with its own depth
         self._lock = threading.Lock()  # one reader at a time; read_latest never takes it
         self.device_info: dict[str, str | None] = {}
         # The last depth image before alignment, as the sensor measured it (a copy). Aligning
@@ -170,6 +171,11 @@ class RealSenseCamera(Camera):
             self._configure_live(rs, rs_config)
         pipeline = rs.pipeline()
         try:
+            if cfg.file:
+                # Resolve first and set the pacing on the resolved device, which start() then
+                # reuses: switching after start() loses the frames already played in real time.
+                resolved = rs_config.resolve(rs.pipeline_wrapper(pipeline))
+                resolved.get_device().as_playback().set_real_time(cfg.real_time)
             profile = pipeline.start(rs_config)
         except RuntimeError as exc:
             raise CameraError(self._start_error(exc)) from None
@@ -243,7 +249,8 @@ class RealSenseCamera(Camera):
         self.device_info = info
         if self.config.file:
             self._playback = device.as_playback()
-            self._playback.set_real_time(self.config.real_time)
+            if self._playback.is_real_time() != self.config.real_time:  # start() made a new device
+                self._playback.set_real_time(self.config.real_time)
         streams = {"color": None, "depth": None}
         for stream in profile.get_streams():
             kind = {rs.stream.color: "color", rs.stream.depth: "depth"}.get(stream.stream_type())
@@ -272,47 +279,82 @@ class RealSenseCamera(Camera):
 
     # -- read -------------------------------------------------------------------------------
 
+    def _wait_frameset(self):
+        """Next frameset with every enabled stream, or None once a recording has ended."""
+        rs = self._rs
+        deadline = time.monotonic() + self.config.timeout_s
+        while True:
+            # Short waits so the end of a recording is noticed at once instead of after a timeout.
+            ok, frames = self._pipeline.try_wait_for_frames(100)
+            if ok:
+                if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
+                    frames.keep()  # it may be held past the next wait (see _next_playback_frameset)
+                    return frames
+            elif self._playback is not None and self._playback.current_status() == rs.playback_status.stopped:
+                return None
+            if time.monotonic() > deadline:
+                raise CameraError(
+                    f"no frame from the RealSense camera within {self.config.timeout_s:.1f} s; "
+                    "check the USB cable (USB 3) and that no other program uses the camera"
+                )
+
+    @staticmethod
+    def _numbers(frames) -> tuple[int, int | None]:
+        depth = frames.get_depth_frame()
+        return frames.get_color_frame().get_frame_number(), depth.get_frame_number() if depth else None
+
     def _read(self) -> Frame:
         require(self._pipeline is not None, "the RealSense camera is not connected; call connect() first")
         with self._lock:
-            rs = self._rs
-            deadline = time.monotonic() + self.config.timeout_s
-            while True:
-                # Short waits so the end of a recording is noticed at once instead of after a timeout.
-                ok, frames = self._pipeline.try_wait_for_frames(100)
-                if ok:
-                    color = frames.get_color_frame()
-                    depth = frames.get_depth_frame() if self._use_depth else None
-                    if color and (depth or not self._use_depth):
-                        break
-                elif (
-                    self._playback is not None
-                    and self._playback.current_status() == rs.playback_status.stopped
-                ):
-                    raise RecordingEnded(f"the recording {self.config.file} has ended")
-                if time.monotonic() > deadline:
-                    raise CameraError(
-                        f"no frame from the RealSense camera within {self.config.timeout_s:.1f} s; "
-                        "check the USB cable (USB 3) and that no other program uses the camera"
-                    )
-            timestamp = time.monotonic()
-            depth_array = None
-            if self._use_depth:
-                self.last_raw_depth = np.asanyarray(depth.get_data()).copy()
-                if self._align is not None:
-                    frames = self._align.process(frames)
-                    depth = frames.get_depth_frame()
-                depth_array = np.asanyarray(depth.get_data()).copy()
-            color_array = _to_rgb(rs, frames.get_color_frame())
-            self._index += 1
-            return Frame(
-                color=color_array,
-                depth=depth_array,
-                depth_scale_m=self._depth_scale_m,
-                intrinsics=self.intrinsics,
-                timestamp_s=timestamp,
-                index=self._index,
-            )
+            if self._playback is None or not self._use_depth:
+                frames = self._wait_frameset()
+            else:
+                frames = self._next_playback_frameset()
+            if frames is None:
+                raise RecordingEnded(f"the recording {self.config.file} has ended")
+            return self._to_frame(frames)
+
+    def _next_playback_frameset(self):
+        """Playback pairs each colour frame with the newest depth frame, so a colour frame that was
+        recorded just before its depth frame comes out twice: first with the previous depth, then
+        with its own. Holding one frameset back and keeping the later pairing returns every colour
+        frame once, with the depth recorded beside it."""
+        held = self._held
+        while True:
+            frames = self._wait_frameset()
+            if frames is None:
+                self._held = None
+                return held
+            if held is None:
+                held = frames
+                continue
+            (held_color, held_depth), (color, depth) = self._numbers(held), self._numbers(frames)
+            if color == held_color and depth != held_depth:
+                held = frames  # the same colour frame, now with the depth recorded beside it
+                continue
+            self._held = frames
+            return held
+
+    def _to_frame(self, frames) -> Frame:
+        timestamp = time.monotonic()
+        depth_array = None
+        if self._use_depth:
+            depth = frames.get_depth_frame()
+            self.last_raw_depth = np.asanyarray(depth.get_data()).copy()
+            if self._align is not None:
+                frames = self._align.process(frames)
+                depth = frames.get_depth_frame()
+            depth_array = np.asanyarray(depth.get_data()).copy()
+        color_array = _to_rgb(self._rs, frames.get_color_frame())
+        self._index += 1
+        return Frame(
+            color=color_array,
+            depth=depth_array,
+            depth_scale_m=self._depth_scale_m,
+            intrinsics=self.intrinsics,
+            timestamp_s=timestamp,
+            index=self._index,
+        )
 
     def disconnect(self) -> None:
         pipeline, self._pipeline = self._pipeline, None
@@ -322,6 +364,7 @@ class RealSenseCamera(Camera):
             except RuntimeError as exc:
                 logger.warning("RealSense stop: {}", exc)
         self._playback = None
+        self._held = None
 
 
 def write_recording(
