@@ -97,6 +97,7 @@ def test_no_command_sequence_leaves_the_box_or_breaks_step_limits(start, sequenc
             assert sent is None and after.holding
         else:
             assert sent is not None and sent == arm.applied[-1]  # the truth is returned
+    shield.close()  # one watchdog thread per example otherwise lingers until garbage collection
 
 
 @settings(max_examples=100, deadline=None)
@@ -121,6 +122,7 @@ def test_an_arm_outside_the_box_never_moves_further_out(start, sequence):
         before = outside(arm.state().ee_xyz_m)
         shield.send(command)
         assert np.all(outside(arm.state().ee_xyz_m) <= before + EPS)
+    shield.close()
 
 
 def test_clip_notes_say_what_was_clipped_and_why():
