@@ -95,6 +95,8 @@ def clip_command(
         _finite(command.delta_xyz_m) and _finite(command.delta_rpy_rad) and math.isfinite(command.gripper)
     ):
         return EndEffectorCommand.hold(gripper_now), ("non-finite command: hold",)
+    if not _finite(state.ee_xyz_m):  # without a pose the box cannot be enforced
+        return EndEffectorCommand.hold(gripper_now), ("arm pose unknown: hold",)
     if command.terminate:
         # The episode ends: hold still, keep the gripper where it is (dropping an object is a motion).
         return EndEffectorCommand(gripper=gripper_now, terminate=True), ()

@@ -157,6 +157,10 @@ def test_nan_and_terminate_hold_still():
     shield = SafetyShield(arm)
     sent = shield.send(EndEffectorCommand(delta_xyz_m=(float("nan"), 0, 0), gripper=1.0))
     assert sent == EndEffectorCommand.hold(0.3) and shield.last_notes == ("non-finite command: hold",)
+    clipped, notes = shield.clip(
+        EndEffectorCommand(delta_xyz_m=(0.01, 0, 0)), ArmState(np.array([np.nan, 0, 0.2]), np.zeros(3), 0.3)
+    )
+    assert clipped == EndEffectorCommand.hold(0.3) and notes == ("arm pose unknown: hold",)
     sent = shield.send(EndEffectorCommand(delta_xyz_m=(0.05, 0, 0), gripper=1.0, terminate=True))
     assert sent.terminate and sent.delta_xyz_m == (0.0, 0.0, 0.0) and sent.gripper == 0.3
     assert np.allclose(arm.xyz, [0.4, 0.0, 0.2])
