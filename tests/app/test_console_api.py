@@ -5,6 +5,7 @@ recording + replay, password and file access."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -152,3 +153,45 @@ def test_password_is_required_and_files_outside_sessions_are_unreachable(server)
             assert resp.status_code in (403, 404), (target, resp.status_code)
     with httpx.Client(base_url=server.url, timeout=5) as http:
         assert http.post("login", data={"username": AUTH[0], "password": "wrong"}).status_code in (400, 401)
+
+
+def _suite_done(client, timeout=120.0) -> tuple:
+    """Poll the tab's refresh like the browser does; returns (status, categories, results, pick)
+    from the refresh that first showed the finished run (later refreshes send only changes)."""
+    t0 = time.monotonic()
+    status = ""
+    while time.monotonic() - t0 < timeout:
+        out = client.predict(api_name="/suite_tick")
+        status = out[0] if isinstance(out[0], str) else status
+        if status and ("finished" in status or "stopped" in status):
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"suite did not finish: {status}")
+
+
+def test_reasoning_suite_runs_grades_exports_and_compares(server, client):
+    _idle(client)
+    client.predict(api_name="/take_control")
+    client.predict("prompts/suites/smoke.yaml", 1, 0, 80, api_name="/run_suite")
+    status, cats, results, _ = _suite_done(client)
+    assert "smoke finished: 5 episodes" in status and "success 100%" in status, status
+    cat_rows = cats["data"] if isinstance(cats, dict) else cats
+    assert {row[0] for row in cat_rows} >= {"seen_tasks", "symbol_understanding", "chain_of_thought"}
+    rows = results["data"] if isinstance(results, dict) else results
+    assert len(rows) == 5 and all(r[7] == "pass" for r in rows)
+    # The operator can overrule the simulator with a note.
+    assert "smoke" in client.predict(f"{rows[0][0]}#0", "fail", "gripper slipped", api_name="/grade")
+    md = client.predict(api_name="/export_markdown")
+    text = Path(md if isinstance(md, str) else md["path"]).read_text(encoding="utf-8")
+    assert "smoke" in text and "gripper slipped" in text
+    csv_path = client.predict(api_name="/export_csv")
+    assert rows[0][0] in Path(csv_path if isinstance(csv_path, str) else csv_path["path"]).read_text()
+    # A second run, then the two side by side.
+    client.predict("prompts/suites/smoke.yaml", 1, 1, 80, api_name="/run_suite")
+    _suite_done(client)
+    a, _b = client.predict(api_name="/list_reports")
+    names = [c[0] if isinstance(c, list | tuple) else c for c in a["choices"]] if isinstance(a, dict) else a
+    assert len(names) >= 2, a
+    comparison = client.predict(names[0], names[1], api_name="/compare_reports")
+    assert "smoke" in comparison and "|" in comparison
+    client.predict(api_name="/release_control")

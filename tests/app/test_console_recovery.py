@@ -11,6 +11,7 @@ from console_server import ConsoleServer, wait_state
 RATE_HZ = 10.0
 
 
+@pytest.mark.slow  # two console launches and a recording: ~30 s
 def test_sigkill_while_recording_loses_at_most_one_second(tmp_path):
     sessions_pkg = pytest.importorskip("rt2_cot.sessions")
     pytest.importorskip("robot_io.safety")
