@@ -26,7 +26,20 @@ CONTRACT_KEYS = {
 @pytest.fixture(scope="module")
 def data() -> dict:
     """One real `rt2-cot bench --json` run (random weights: speed does not depend on them)."""
-    cmd = [sys.executable, "-m", "rt2_cot", "bench", "--model", "random", "--steps", "3", "--warmup", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rt2_cot",
+        "bench",
+        "--model",
+        "random",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+    ]
     proc = subprocess.run(
         [*cmd, "--replan-every", "2", "--json"], capture_output=True, text=True, timeout=300
     )

@@ -69,7 +69,11 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(checkpoint):
-    return BuiltinBackend(checkpoint)
+    # One intra-op thread: the suite shares the machine (idle OpenMP threads spin under load);
+    # the backend sets a process-wide thread count, so restore it for the tests that follow.
+    threads = torch.get_num_threads()
+    yield BuiltinBackend(checkpoint, num_threads=1)
+    torch.set_num_threads(threads)
 
 
 def frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -119,7 +123,7 @@ def test_greedy_tokens_equal_generate(backend, style, given_plan):
 def test_drafts_are_lossless_and_skip_decoding_when_the_frame_repeats(backend):
     fast = backend
     fast.reset_drafts()
-    plain = BuiltinBackend(model=backend.model, processor=backend.processor, drafts=False)
+    plain = BuiltinBackend(model=backend.model, processor=backend.processor, drafts=False, num_threads=1)
     images = frames(4, seed=7)
     sequence = [images[0], images[0], images[1], images[2], images[2], images[3]]
     for image in sequence:
