@@ -259,7 +259,11 @@ def build(runtime: ConsoleRuntime, suites_dir: str | None = None) -> EvalControl
     gr.Markdown(mode)
     with gr.Row():
         suite = gr.Dropdown(
-            suites, value=suites[0] if suites else None, label="Suite", elem_id="suite-pick", scale=3
+            [(Path(p).stem, p) for p in suites],
+            value=next((p for p in suites if Path(p).stem == "smoke"), suites[0] if suites else None),
+            label="Suite",
+            elem_id="suite-pick",
+            scale=3,
         )
         episodes = gr.Number(1, precision=0, minimum=1, label="Episodes per case", elem_id="suite-episodes")
         seed = gr.Number(0, precision=0, label="Seed", elem_id="suite-seed")
@@ -291,7 +295,7 @@ def build(runtime: ConsoleRuntime, suites_dir: str | None = None) -> EvalControl
     with gr.Row():
         md_btn = gr.Button("Export Markdown", elem_id="export-md")
         csv_btn = gr.Button("Export CSV", elem_id="export-csv")
-        export_file = gr.File(label="Report file", interactive=False, elem_id="export-file")
+        export_file = gr.File(label="Report file", interactive=False, elem_id="export-file", height=90)
     with gr.Accordion("Compare two runs", open=False):
         with gr.Row():
             a = gr.Dropdown(ctl.saved_reports(), label="Run A", elem_id="cmp-a")

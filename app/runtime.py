@@ -201,6 +201,7 @@ class ConsoleRuntime:
         self._step_instruction = ""
         self._episode_thread: threading.Thread | None = None
         self._recorder: Any = None
+        self._recorder_lock = threading.Lock()
         self._record = False
         self._run_requested_at: float | None = None
         self._stop_event = threading.Event()
@@ -440,6 +441,12 @@ class ConsoleRuntime:
         return self._session_stamp
 
     def _ensure_recorder(self) -> Any:
+        # One recorder per console run: the Record toggle and a Run can race to create it, and
+        # a second recorder on the same folder is refused by the session's owner lock.
+        with self._recorder_lock:
+            return self._ensure_recorder_locked()
+
+    def _ensure_recorder_locked(self) -> Any:
         if self._recorder is None:
             factory = self._recorder_factory
             if factory is None:

@@ -220,7 +220,7 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
             with gr.Row():
                 export_btn = gr.Button("Export episode", elem_id="session-export")
                 export_all = gr.Button("Export session", elem_id="session-export-all")
-            export_file = gr.File(label="Export", interactive=False, elem_id="session-export-file")
+            export_file = gr.File(label="Export", interactive=False, elem_id="session-export-file", height=90)
             with gr.Row():
                 confirm = gr.Checkbox(label="I am sure", elem_id="delete-confirm")
                 delete_btn = gr.Button("Delete episode", variant="stop", elem_id="session-delete")
@@ -249,7 +249,7 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
         return table, gr.update(choices=eps, value=eps[-1] if eps else None)
 
     def pick_episode(name: str | None, ep: Any) -> tuple[Any, Any, Any]:
-        if not name or ep is None:
+        if not name or ep in (None, ""):
             return gr.update(maximum=1, value=0), gr.skip(), gr.skip()
         try:
             n = sb.frame_count(name, int(ep))
@@ -262,7 +262,7 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
         return gr.update(maximum=max(n - 1, 1), value=0), img, text
 
     def show_frame(name: str | None, ep: Any, i: float) -> tuple[Any, Any]:
-        if not name or ep is None:
+        if not name or ep in (None, ""):
             return gr.skip(), gr.skip()
         try:
             return sb.frame_view(name, int(ep), int(i))
@@ -274,6 +274,8 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
         try:
             if not name:
                 raise ConsoleError("choose a session")
+            if not whole and ep in (None, ""):
+                raise ConsoleError("choose an episode (or Export session)")
             return sb.export(name, None if whole else int(ep))
         except Exception as exc:
             warn(exc)
@@ -283,7 +285,7 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
         try:
             if not sure:
                 raise ConsoleError("tick 'I am sure' to delete")
-            if not name or ep is None:
+            if not name or ep in (None, ""):
                 raise ConsoleError("choose a session and an episode")
             cid, who = client_of(request)
             runtime.require_control(cid, who)
@@ -296,7 +298,7 @@ def build(runtime: ConsoleRuntime, tab: Any = None) -> SessionsBrowser:
 
     def do_grade(name: str | None, ep: Any, v: str, n: str) -> Any:
         try:
-            if not name or ep is None:
+            if not name or ep in (None, ""):
                 raise ConsoleError("choose a session and an episode")
             sb.grade(name, int(ep), v or "", n or "")
         except Exception as exc:
