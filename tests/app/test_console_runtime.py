@@ -4,6 +4,7 @@ e-stop latches, one browser holds control, recording follows the toggle."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from console_fakes import FakeArm, FakeCamera, FakeLoop, FakePolicy, FakeShield
@@ -159,3 +160,80 @@ def test_preview_runs_while_the_loop_runs(rt):
 def test_empty_command_is_refused_with_a_hint(rt):
     with pytest.raises(ConsoleError, match="type a command"):
         rt.run("   ", "a", "alice")
+
+
+def test_record_toggle_and_run_racing_create_one_recorder(tmp_path):
+    import threading
+
+    made = []
+
+    class SlowRecorder:
+        def __init__(self, root, fps):
+            time.sleep(0.2)  # a real recorder recovers journals and writes meta first
+            made.append(root)
+
+        def __call__(self, ev):
+            pass
+
+        def close(self):
+            pass
+
+    arm = FakeArm()
+    rt = ConsoleRuntime(
+        FakeCamera(),
+        arm,
+        FakeShield(arm),
+        FakePolicy(token_delay_s=0.0),
+        sessions_root=tmp_path,
+        loop_factory=FakeLoop,
+        recorder_factory=SlowRecorder,
+        max_steps=1,
+    )
+    t = threading.Thread(target=rt.set_recording, args=(True, "a", "alice"))
+    t.start()
+    time.sleep(0.05)
+    rt.run("pick up the rock", "a", "alice")
+    t.join()
+    assert wait_for(lambda: not rt.busy)
+    assert len(made) == 1 and rt.live().error == ""
+    rt.shutdown()
+
+
+def test_manual_suite_waits_for_the_operator_and_takes_grades(tmp_path, repo_root):
+    """On a real robot (no simulator) each case waits for 'Scene ready' and the operator grades."""
+    from app.eval_tab import EvalController
+
+    arm = FakeArm()
+    policy = FakePolicy(token_delay_s=0.0, terminate_after=2)
+    rt = ConsoleRuntime(
+        FakeCamera(),
+        arm,
+        FakeShield(arm),
+        policy,
+        sessions_root=tmp_path,
+        rate_hz=50.0,
+        loop_factory=FakeLoop,
+    )
+    ctl = EvalController(rt, str(repo_root / "prompts" / "suites"))
+    smoke = next(p for p in ctl.suites() if p.endswith("smoke.yaml"))
+    ctl.start(smoke, 1, 0, 10, "a", "alice")
+    for case in range(5):
+        assert wait_for(lambda: "SET UP THE SCENE" in ctl.status, timeout=10), ctl.status
+        assert len(ctl.report.results) == case  # nothing runs before the operator says so
+        ctl.scene_ready()
+        assert wait_for(lambda case=case: len(ctl.report.results) == case + 1 or "finished" in ctl.status)
+    assert wait_for(lambda: "finished" in ctl.status and not rt.busy, timeout=10), ctl.status
+    cats, results, keys = ctl.tables()
+    assert set(cats["category"]) == {"seen_tasks", "symbol_understanding", "reasoning", "chain_of_thought"}
+    assert set(cats["success"]) == {"–"}  # nothing graded yet: no success rate to show
+    assert len(results) == 5 and set(results["verdict"]) == {"ungraded"}
+    ctl.grade(keys[0], "pass", "clean grasp")
+    ctl.grade(keys[1], "fail", "knocked the can over")
+    _, results, _ = ctl.tables()
+    assert list(results["verdict"][:2]) == ["pass", "fail"] and results["note"][1] == "knocked the can over"
+    assert ctl.report_path is not None and "knocked the can over" in ctl.report_path.read_text()
+    md = ctl.export("markdown")
+    assert md.endswith(".md") and "clean grasp" in Path(md).read_text()
+    with pytest.raises(ConsoleError):
+        ctl.compare("../../etc/passwd.json", ctl.report_path.name)
+    rt.shutdown()
