@@ -359,7 +359,8 @@ class BuiltinBackend:
             prefix = self._image_prefix(request.image)
             t1 = time.perf_counter()
             prompt_ids, prompt_emb = self._prompt(style, request.instruction, request.given_plan)
-            draft = list(self._draft.get(draft_key, ())) if (greedy and self.drafts_enabled) else []
+            draft_source = list(self._draft.get(draft_key, ())) if (greedy and self.drafts_enabled) else []
+            draft = list(draft_source)
             if not draft and state.forced_id() is not None:
                 # Forced opening tokens ("Plan:") are known: feed them with the prompt.
                 draft = list(spec.plan_marker_ids)
@@ -378,33 +379,37 @@ class BuiltinBackend:
             stats.vision_ms, stats.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
             generated: list[int] = []
-            # Walk the draft: position n_prompt-1+i predicts token i; accept while it matches.
-            i = 0
+            # `fed` are the tokens whose hidden states `h` holds from row `base` on: row base+i
+            # predicts the token after fed[i]. The first forward's fed[0] is the prompt's last token.
+            fed = [prompt_ids[-1], *draft]
+            base, start = n_prompt - 1, n_prompt - 1  # cache position of fed[0]
             while True:
-                token = self._choose(state, h[:, n_prompt - 1 + i], request, gen)
-                generated.append(token)
-                phase = state.phase
-                state.advance(token)
-                yield from self._emit(emitter, phase, token)
-                if i < len(draft) and token == draft[i] and state.phase not in (Phase.EOS, Phase.DONE):
-                    i += 1
-                    continue
-                break
-            stats.accepted_draft_tokens = i
-            length = n_prompt + i  # cache holds prompt + accepted draft; `token` is not fed yet
-
-            while state.phase not in (Phase.EOS, Phase.DONE) and len(generated) < budget:
-                if stop is not None and stop.is_set():
-                    return
-                x = self.model.embed_text(torch.tensor([[token]]), start=length - self.n_img)
-                h = self._layers(x, length, None)
-                length += 1
+                i = 0
+                while True:
+                    token = self._choose(state, h[:, base + i], request, gen)
+                    generated.append(token)
+                    phase = state.phase
+                    state.advance(token)
+                    yield from self._emit(emitter, phase, token)
+                    finished = state.phase in (Phase.EOS, Phase.DONE) or len(generated) >= budget
+                    if not finished and i + 1 < len(fed) and token == fed[i + 1]:
+                        i += 1  # the draft guessed right: the next row is valid too
+                        stats.accepted_draft_tokens += 1
+                        continue
+                    break
+                if finished or (stop is not None and stop.is_set()):
+                    break
+                # The cache is valid through fed[i]; `token` is decided but not fed yet. Feed it with
+                # a fresh guess at what follows (the previous step's tokens at the same places).
+                start += i + 1
+                extra = self._guess(draft_source, generated, state) if greedy and self.drafts_enabled else []
+                extra = extra[: max(0, budget - len(generated) - 1)]
+                fed = [token, *extra]
+                x = self.model.embed_text(torch.tensor([fed]), start=start - self.n_img)
+                h = self._layers(x, start, self._decode_mask(start, len(fed)))
+                base = 0
                 stats.decode_steps += 1
-                token = self._choose(state, h[:, -1], request, gen)
-                generated.append(token)
-                phase = state.phase
-                state.advance(token)
-                yield from self._emit(emitter, phase, token)
+                stats.draft_tokens += len(extra)
             stats.decode_ms = (time.perf_counter() - t2) * 1e3
             rest = emitter.flush()
             if rest:
@@ -415,6 +420,31 @@ class BuiltinBackend:
                 self._draft[draft_key] = [t for t in generated if t != spec.eos_id]
                 if len(self._draft) > 16:
                     self._draft.pop(next(iter(self._draft)))
+
+    def _guess(self, source: list[int], generated: list[int], state, limit: int = 16) -> list[int]:
+        """Guesses for the tokens after `generated`, from the previous step's output `source`.
+
+        While acting, guesses are the previous action's remaining tokens at the same action
+        index (a changed plan length must not shift them); while planning, the previous output at
+        the same position."""
+        from rt2_cot.constrained import Phase
+
+        if not source:
+            return []
+        if state.phase is Phase.ACTION:
+            prev_actions = [t for t in source if self.token_map.bin_of(t) is not None][
+                -state.spec.num_action_tokens :
+            ]
+            return prev_actions[state.actions : state.actions + limit]
+        return source[len(generated) : len(generated) + limit]
+
+    def _decode_mask(self, start: int, new: int) -> torch.Tensor | None:
+        """Mask for `new` tokens at cache positions start..: causal among themselves (None for one)."""
+        if new == 1:
+            return None
+        from rt2_cot.model.modeling_rt2_cot_mini import attention_mask_for
+
+        return attention_mask_for(self.n_img, start, new, None, torch.device("cpu"))
 
     def _emit(self, emitter: _TextEmitter, phase, token: int) -> Iterator[str]:
         from rt2_cot.constrained import Phase

@@ -177,8 +177,9 @@ def test_stop_event_ends_generation_early(backend):
     for chunk in backend.stream(request, stop):
         chunks.append(chunk)
         stop.set()
-    assert len(chunks) <= 2
-    assert backend.last_stats.decode_steps <= 1
+    # Set after the first chunk: nothing is decoded after the forward pass in flight.
+    assert backend.last_stats.decode_steps == 0
+    assert len(backend.last_stats.generated_ids) <= 3 and len(chunks) <= 3
 
 
 def test_sampling_is_seeded_and_valid(backend):
