@@ -127,6 +127,7 @@ class LiveState:
     first_step_ttft_ms: float | None = None
     estop_ms: float | None = None  # click received -> arm reported holding
     stop_at_steps: int | None = None  # steps completed when Stop reached the runtime
+    estop_at: float | None = None  # wall clock (time.time()) when the arm was confirmed holding
     recording: bool = False
     session_name: str = ""
 
@@ -388,6 +389,7 @@ class ConsoleRuntime:
         holding = self._arm_holding()
         with self._lock:
             self._state.estop_ms = (time.monotonic() - t0) * 1000.0 if holding else None
+            self._state.estop_at = time.time() if holding else None
             self._bump()
         logger.warning("E-STOP pressed (arm holding: {})", holding)
         return self.live()

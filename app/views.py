@@ -202,6 +202,7 @@ def state_dict(s: LiveState, p: PreviewState, holder: str | None) -> dict:
         "run_to_first_plan_ms": s.run_to_first_plan_ms,
         "first_step_ttft_ms": s.first_step_ttft_ms,
         "estop_ms": s.estop_ms,
+        "estop_at": s.estop_at,
         "stop_at_steps": s.stop_at_steps,
         "recording": s.recording,
         "session": s.session_name,
