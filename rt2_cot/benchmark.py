@@ -65,6 +65,7 @@ class BenchResult:
     draft_acceptance: float | None = None
     steps: int = 0
     replan_every: int = 10
+    drafts: bool = True
     model: str = ""
     weights: str = ""
     instruction: str = ""
@@ -166,7 +167,8 @@ def run_benchmark(
     replan_every: int = 10,
     seed: int = DEFAULT_INSTRUCTION_SEED,
     naive: bool = True,
-    threads: int = 2,
+    threads: int | None = None,
+    drafts: bool = True,
 ) -> BenchResult:
     """Measure the three paths on `steps` simulator frames (after `warmup` untimed steps)."""
     import torch
@@ -179,6 +181,9 @@ def run_benchmark(
 
     if steps < 1 or warmup < 0 or replan_every < 1:
         raise ConfigError("--steps must be >= 1, --warmup >= 0 and --replan-every >= 1")
+    from rt2_cot.backends.builtin import default_num_threads
+
+    threads = threads or default_num_threads()
     torch.set_num_threads(threads)
     notes: list[str] = []
     fast: Backend
@@ -191,7 +196,9 @@ def run_benchmark(
         from rt2_cot.backends.builtin import BuiltinBackend
 
         m, processor, plan_tokens = random_builtin_model(seed)
-        fast = BuiltinBackend(model=m, processor=processor, num_threads=threads, max_plan_tokens=plan_tokens)
+        fast = BuiltinBackend(
+            model=m, processor=processor, num_threads=threads, max_plan_tokens=plan_tokens, drafts=drafts
+        )
         naive_backend = NaiveGenerateBackend(m, processor, max_plan_tokens=plan_tokens) if naive else None
         weights = f"random init of the built-in config; plan budget {plan_tokens} tokens"
         if missing:
@@ -200,6 +207,8 @@ def run_benchmark(
             )
     else:
         fast = load_backend(model)
+        if hasattr(fast, "drafts_enabled"):
+            fast.drafts_enabled = drafts
         inner = getattr(fast, "model", None)
         processor = getattr(fast, "processor", None)
         if naive and inner is not None and processor is not None and hasattr(inner, "generate"):
@@ -299,6 +308,7 @@ def run_benchmark(
         draft_acceptance=(accepted / drafted) if drafted else None,
         steps=steps,
         replan_every=replan_every,
+        drafts=drafts and hasattr(fast, "drafts_enabled"),
         model=model,
         weights=weights,
         instruction=instruction,

@@ -19,8 +19,8 @@ fraction of the time. What makes it fast, each kept because it measurably helped
   the same pass; tokens are accepted only while they equal the greedy choice, and decoding goes on
   one token at a time from the first disagreement. The output is the greedy output either way; a
   plan every step then costs little more than plan reuse.
-* torch.inference_mode, 2 intra-op threads (this machine's cores; 1 when it is shared with other
-  busy processes, where idle OpenMP threads spin: RT2_NUM_THREADS=1 was many times faster at load 9).
+* torch.inference_mode; 2 intra-op threads on an idle 2-core machine, 1 when other processes keep
+  it busy (`default_num_threads`: idle OpenMP threads spin, 10-20x slower at load 5-9).
 
 Tried and not kept: dynamic int8 quantisation of the decoder linears (`quantize=True`) changed the
 greedy tokens on 64 of 96 steps of a random-init model, so it is off by default; torch.compile
@@ -114,14 +114,11 @@ class BuiltinBackend:
         `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
         `quantize`: dynamic int8 decoder linears, in place (not token-identical; off by default).
         `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
-        `num_threads`: torch intra-op threads (default: $RT2_NUM_THREADS or 2).
+        `num_threads`: torch intra-op threads (default: `default_num_threads()`).
         """
         import rt2_cot.model as rt2_model  # registers the Auto classes
 
-        # 2 intra-op threads on a dedicated 2-core machine; on a machine shared with other busy
-        # processes 1 is much faster (idle OpenMP threads spin), so RT2_NUM_THREADS can say so.
-        num_threads = num_threads or int(os.environ.get("RT2_NUM_THREADS", "2"))
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(num_threads or default_num_threads())
         if model is None:
             if path is None:
                 raise ModelLoadError("BuiltinBackend needs a checkpoint folder or a model")
@@ -462,6 +459,23 @@ class BuiltinBackend:
     def reset_drafts(self) -> None:
         """Forget previous outputs (drafts); the next step decodes from scratch."""
         self._draft.clear()
+
+
+def default_num_threads() -> int:
+    """Intra-op threads for batch-1 decoding: $RT2_NUM_THREADS, else 2 on an idle machine, else 1.
+
+    Measured here (2 cores): idle, 2 threads are ~25% faster than 1; with other busy processes
+    (load average 5-9), 2 threads were 10-20x slower than 1, because an OpenMP barrier spins while
+    its partner thread is descheduled. One step of this model is too small to be worth that risk.
+    """
+    if os.environ.get("RT2_NUM_THREADS"):
+        return max(1, int(os.environ["RT2_NUM_THREADS"]))
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] > 0.5 * cores
+    except OSError:
+        busy = False
+    return 1 if busy or cores < 2 else 2
 
 
 def _load(path: Path):

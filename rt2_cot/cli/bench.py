@@ -17,7 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--replan-every", type=int, default=10, help="plan reuse: re-plan every N steps")
     parser.add_argument("--no-naive", action="store_true", help="skip the plain generate() baseline")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument(
+        "--no-drafts",
+        action="store_true",
+        help="built-in model: decode without drafts from the previous step",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 2 if the machine is idle, else 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulator scene and task seed")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
@@ -34,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         naive=not args.no_naive,
         threads=args.threads,
+        drafts=not args.no_drafts,
     )
     data = result.to_dict()
     if args.json:
@@ -42,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     naive = f"{data['naive_hz']:.1f} Hz" if data["naive_hz"] is not None else "not measured"
     lines = [
         f"model               {data['weights']}",
-        f"instruction         {data['instruction']!r}  ({data['steps']} steps, {data['threads']} threads)",
+        f"instruction         {data['instruction']!r}  ({data['steps']} steps, {data['threads']} threads, "
+        f"drafts {'on' if data['drafts'] else 'off'})",
         f"CoT every step      {data['cot_every_step_hz']:.1f} Hz   (p50 {data['step_ms_p50']:.1f} ms, p95 {data['step_ms_p95']:.1f} ms, TTFT p50 {data['ttft_ms_p50']:.1f} ms)",
         f"plan reuse (1/{data['replan_every']})    {data['plan_reuse_hz']:.1f} Hz   (p50 {data['plan_reuse_step_ms_p50']:.1f} ms)",
         f"naive generate()    {naive}",
