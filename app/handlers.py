@@ -45,8 +45,11 @@ class LiveHandlers:
             reasoning = views.reasoning_html(s)
         return seen, preview, reasoning
 
-    def tick_slow(self, seen: dict | None, request: gr.Request) -> tuple[Any, Any, Any, Any]:
-        """Status strip, e-stop latch, history table; also the control-lease heartbeat."""
+    CONTROLS = 8  # components a read-only browser cannot use (see layout.build_ui)
+
+    def tick_slow(self, seen: dict | None, request: gr.Request) -> tuple[Any, ...]:
+        """Status strip, e-stop latch, history table, and the controls greyed out for a read-only
+        browser; also the control-lease heartbeat."""
         seen = dict(seen or {})
         cid, _name = client_of(request)
         self.rt.lease.touch(cid)
@@ -60,7 +63,13 @@ class LiveHandlers:
         if s.history_version != seen.get("history"):
             seen["history"] = s.history_version
             history = views.history_frame(s.history)
-        return seen, status, estop, history
+        holder = self.rt.lease.holder_name()
+        read_only = holder is not None and not self.rt.lease.holds(cid)
+        controls: list[Any] = [gr.skip()] * self.CONTROLS
+        if read_only != seen.get("read_only"):
+            seen["read_only"] = read_only
+            controls = [gr.update(interactive=not read_only)] * self.CONTROLS
+        return (seen, status, estop, history, *controls)
 
     def _status(self, s: Any, cid: str) -> str:
         rt = self.rt

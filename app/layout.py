@@ -183,7 +183,21 @@ def build_ui(runtime: ConsoleRuntime, suites_dir: str | None = None) -> gr.Block
         slow.tick(
             live.tick_slow,
             [seen_slow],
-            [seen_slow, status, estop_state, history],
+            # The E-stop is deliberately not in this list: every watcher can always press it.
+            [
+                seen_slow,
+                status,
+                estop_state,
+                history,
+                run_btn,
+                step_btn,
+                stop_btn,
+                scene_btn,
+                reset_btn,
+                record,
+                replan,
+                max_steps,
+            ],
             show_progress="hidden",
             concurrency_limit=None,
             api_name="tick_slow",

@@ -56,16 +56,25 @@ def console(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(console):
+def browser(console):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(console.url, wait_until="domcontentloaded")
-        pg.wait_for_selector("#live-img", timeout=60_000)
-        yield pg
-        browser.close()
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_console(browser, url):
+    pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    pg.goto(url, wait_until="domcontentloaded")
+    pg.wait_for_selector("#live-img", timeout=60_000)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, console):
+    return open_console(browser, console.url)
 
 
 def test_live_view_updates(page):
@@ -130,3 +139,22 @@ def test_estop_stays_visible_when_scrolled(page):
     time.sleep(0.3)
     box = page.locator("#estop-btn").bounding_box()
     assert box is not None and 0 <= box["y"] < 1000 and box["height"] >= 48
+
+
+def test_a_second_browser_watches_read_only_and_can_still_estop(page, browser, console):
+    page.click("#take-btn")
+    page.wait_for_function(
+        "document.querySelector('#control-state').textContent.includes('you have control')"
+    )
+    other = open_console(browser, console.url)
+    other.wait_for_function(
+        "document.querySelector('#control-state').textContent.includes('read-only')", timeout=10_000
+    )
+    assert "has control" in other.inner_text("#control-state")
+    other.wait_for_selector("#run-btn:disabled", timeout=10_000)
+    assert other.locator("#estop-btn").is_enabled()
+    other.click("#estop-btn")
+    page.wait_for_selector("#estop-state.latched", timeout=5_000)  # the holder sees the latch too
+    other.close()
+    page.click("#reset-estop-btn")
+    page.wait_for_selector("#estop-state.armed", timeout=5_000)
