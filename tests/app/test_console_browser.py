@@ -77,6 +77,23 @@ def page(browser, console):
     return open_console(browser, console.url)
 
 
+def test_api_run_streams_the_plan_token_by_token(console):
+    """gradio_client sees the same stream: /run yields the reasoning panel as each token lands."""
+    import re
+
+    client = console.client()
+    job = client.submit("pick up the red block", 1, api_name="/run")
+    job.result(timeout=120)
+    plans = [m.group(1).strip() for out in job.outputs() if (m := re.search(r'id="plan-text">([^<]*)<', out))]
+    plans = [p for i, p in enumerate(plans) if p and (i == 0 or p != plans[i - 1])]
+    growing = [b for a, b in itertools.pairwise(plans) if b.startswith(a) and len(b) > len(a)]
+    assert len(growing) >= 2, plans[:10]
+    final = job.outputs()[-1]
+    tokens = re.findall(r'<div class="tok-raw">(\d+)</div>', final)
+    assert len(tokens) == 8 and all(0 <= int(t) <= 255 for t in tokens)
+    client.predict(api_name="/release_control")
+
+
 def test_live_view_updates(page):
     first = int(page.get_attribute("#live-view", "data-frame"))
     page.wait_for_function(
