@@ -206,7 +206,7 @@ def run_benchmark(
                 f"no built-in checkpoint at {builtin_checkpoint()}: measured a random init of its config"
             )
     else:
-        fast = load_backend(model)
+        fast = _builtin_for_folder(model, threads) or load_backend(model)
         if hasattr(fast, "drafts_enabled"):
             fast.drafts_enabled = drafts
         inner = getattr(fast, "model", None)
@@ -305,7 +305,7 @@ def run_benchmark(
         speedup_cot_vs_naive=cot_hz / naive_hz if naive_hz else None,
         speedup_reuse_vs_naive=reuse_hz / naive_hz if naive_hz else None,
         valid_action_fraction=valid / steps,
-        draft_acceptance=(accepted / drafted) if drafted else None,
+        draft_acceptance=(accepted / drafted) if drafted and drafts else None,
         steps=steps,
         replan_every=replan_every,
         drafts=drafts and hasattr(fast, "drafts_enabled"),
@@ -317,6 +317,24 @@ def run_benchmark(
         load_average=[round(v, 2) for v in load],
         notes=[*notes, f"{platform.processor() or platform.machine()}, torch {torch.__version__}"],
     )
+
+
+def _builtin_for_folder(model: str, threads: int) -> Backend | None:
+    """The fast path for any rt2-cot-mini folder (a training run's export), not only `builtin`."""
+    import json
+
+    config = Path(model) / "config.json"
+    if model in ("builtin",) or not config.is_file():
+        return None
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except ValueError:
+        return None
+    if model_type != "rt2_cot_mini":
+        return None
+    from rt2_cot.backends.builtin import BuiltinBackend
+
+    return BuiltinBackend(model, num_threads=threads)
 
 
 def _hold(sim):
