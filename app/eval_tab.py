@@ -61,6 +61,7 @@ class EvalController:
         self.status = "No suite run yet."
         self.version = 0
         self._scene_ready = threading.Event()
+        self._cancel = threading.Event()
         self._run: Any = None
 
     # -- suites and reports on disk ------------------------------------------------------------
@@ -121,7 +122,7 @@ class EvalController:
                     f"(success: {case.success.describe()}), then press Scene ready."
                 )
                 while not self._scene_ready.wait(0.2):
-                    if self._run is not None and self._run._stop.is_set():
+                    if self._cancel.is_set():  # Stop pressed while waiting for the operator
                         return
 
         def policy_factory(_sim: Any) -> Any:
@@ -157,8 +158,18 @@ class EvalController:
         run.on_result = on_result
         self._run = run
 
+        self._cancel.clear()
+        controller = self
+
+        class _Stopper:
+            """What the console's Stop/E-stop stop: the suite run, and any wait for the operator."""
+
+            def stop(self) -> None:
+                controller._cancel.set()
+                run.stop()
+
         def job() -> None:
-            rt.attach_stoppable(run)
+            rt.attach_stoppable(_Stopper())
             t0 = time.monotonic()
             final = run.run()
             final.results = list(self.report.results)

@@ -204,6 +204,7 @@ class ConsoleRuntime:
         self._recorder: Any = None
         self._recorder_lock = threading.Lock()
         self._record = False
+        self._session_stamp: str | None = None
         self._run_requested_at: float | None = None
         self._stop_event = threading.Event()
         self._preview_thread: threading.Thread | None = None
@@ -438,7 +439,8 @@ class ConsoleRuntime:
         return session
 
     def _session_name(self) -> str:
-        if not hasattr(self, "_session_stamp"):
+        """One session per console run, named by its start time (sorts chronologically)."""
+        if self._session_stamp is None:
             self._session_stamp = datetime.now().strftime("session-%Y%m%d-%H%M%S")
         return self._session_stamp
 

@@ -237,3 +237,24 @@ def test_manual_suite_waits_for_the_operator_and_takes_grades(tmp_path, repo_roo
     with pytest.raises(ConsoleError):
         ctl.compare("../../etc/passwd.json", ctl.report_path.name)
     rt.shutdown()
+
+
+def test_stop_while_a_manual_suite_waits_for_the_operator(tmp_path, repo_root):
+    from app.eval_tab import EvalController
+
+    arm = FakeArm()
+    rt = ConsoleRuntime(
+        FakeCamera(),
+        arm,
+        FakeShield(arm),
+        FakePolicy(token_delay_s=0.0, terminate_after=2),
+        sessions_root=tmp_path,
+        loop_factory=FakeLoop,
+    )
+    ctl = EvalController(rt, str(repo_root / "prompts" / "suites"))
+    ctl.start(next(p for p in ctl.suites() if p.endswith("smoke.yaml")), 1, 0, 10, "a", "alice")
+    assert wait_for(lambda: "SET UP THE SCENE" in ctl.status, timeout=10)
+    rt.stop("a", "alice")
+    assert wait_for(lambda: not rt.busy, timeout=5)
+    assert "stopped" in ctl.status and ctl.report.results == []
+    rt.shutdown()
