@@ -32,6 +32,21 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def _warm_up(backend) -> None:
+    """One throwaway step so the first client does not pay for lazy imports and first-call setup
+    (seconds on this machine). Failures are logged, not fatal: the client will see them anyway."""
+    import numpy as np
+
+    from rt2_cot.backends.base import GenerationRequest
+
+    try:
+        request = GenerationRequest(image=np.zeros((240, 320, 3), np.uint8), instruction="warm up")
+        for _ in backend.stream(request):
+            pass
+    except Exception as exc:
+        logger.warning("warm-up step failed: {}", exc)
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {args.port}")
@@ -45,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(args.model)
     name = args.served_model_name or (args.model if args.model == "builtin" else Path(args.model).name)
 
+    _warm_up(backend)
     from rt2_cot.serving import run_server
 
     logger.info(
