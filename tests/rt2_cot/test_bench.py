@@ -78,3 +78,28 @@ def test_cli_bad_model_is_one_line():
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0]
+
+
+def test_training_exports_get_the_fast_path(tmp_path):
+    import torch
+
+    import rt2_cot.model as rt2_model
+    from rt2_cot.backends.builtin import BuiltinBackend
+    from rt2_cot.benchmark import _builtin_for_folder
+
+    tok = rt2_model.load_tokenizer()
+    ids = sorted(
+        set(tok.convert_tokens_to_ids(["plan", "action", ":", ".", *(str(i) for i in range(256)), "[SEP]"]))
+    )
+    model = rt2_model.Rt2CotMiniForConditionalGeneration(rt2_model.Rt2CotMiniConfig(output_token_ids=ids))
+    model.save_pretrained(tmp_path / "mini")
+    rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(tmp_path / "mini")
+    threads = torch.get_num_threads()
+    try:
+        assert isinstance(_builtin_for_folder(str(tmp_path / "mini"), 1), BuiltinBackend)
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    assert _builtin_for_folder(str(tmp_path / "other"), 1) is None
+    assert _builtin_for_folder("builtin", 1) is None
