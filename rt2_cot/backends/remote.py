@@ -106,6 +106,12 @@ class RemoteBackend:
     @property
     def model(self) -> str:
         """The model id to request; asks `/v1/models` once when not given."""
+        try:
+            return self._resolve_model()
+        except _Retryable as exc:
+            raise BackendError(str(exc)) from exc
+
+    def _resolve_model(self) -> str:
         with self._model_lock:
             if self._model is None:
                 self._model = self._discover_model()
@@ -116,10 +122,12 @@ class RemoteBackend:
         try:
             resp = self._client.get(url)
         except httpx.HTTPError as exc:
-            raise BackendError(
+            raise _Retryable(
                 f"cannot reach the model server at {self.base_url} ({_describe(exc)}); "
                 "check that it is running (rt2-cot serve / vllm serve) and the URL ends in /v1"
             ) from exc
+        if resp.status_code in _RETRY_STATUS:
+            raise _Retryable(f"{url} answered HTTP {resp.status_code}: {_error_text(resp)}")
         if resp.status_code != 200:
             raise BackendError(f"{url} answered HTTP {resp.status_code}: {_error_text(resp)}")
         try:
@@ -170,7 +178,7 @@ class RemoteBackend:
         return body
 
     def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
-        body = self.build_body(request)
+        body: dict | None = None
         url = f"{self.base_url}/chat/completions"
         attempts = self.retries + 1
         last: str = ""
@@ -179,6 +187,9 @@ class RemoteBackend:
                 return
             started = False
             try:
+                if body is None:
+                    self._resolve_model()  # a server that is still starting is retried like any other
+                    body = self.build_body(request)
                 for text in self._stream_once(url, body, stop):
                     started = True
                     yield text

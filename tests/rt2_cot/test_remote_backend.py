@@ -121,6 +121,10 @@ def test_server_down_is_a_clear_backend_error_after_bounded_retries():
     assert time.monotonic() - t0 < 5
     with pytest.raises(BackendError, match="cannot reach the model server"):
         _ = RemoteBackend(f"http://127.0.0.1:{port}/v1").model
+    # model discovery (no model given) is retried too, then reported the same way
+    remote = RemoteBackend(f"http://127.0.0.1:{port}/v1", retries=1, retry_backoff_s=0.01)
+    with pytest.raises(BackendError, match=r"after 2 attempt\(s\).*cannot reach the model server"):
+        list(remote.stream(request()))
 
 
 # -- tiny misbehaving servers ---------------------------------------------------------------------
