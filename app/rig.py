@@ -28,7 +28,6 @@ def _sim_rig() -> tuple[Any, Any, Any]:
         return make()
     from robot_io.arms.sim_arm import SimArm
     from robot_io.cameras.sim_camera import SimCamera
-
     from robot_io.sim.env import TabletopSim
 
     sim = TabletopSim()
@@ -47,7 +46,10 @@ def build_rig(camera_spec: str, arm_spec: str) -> Rig:
     else:
         from robot_io.cameras.registry import make_camera
 
-        camera = make_camera(camera_spec)
+        # A recording in the console behaves like a live camera: recorded pace, looping. (Played
+        # as fast as possible, the preview alone would run a short recording out in seconds.)
+        extra = {"real_time": True, "loop": True} if camera_spec.startswith("file:") else {}
+        camera = make_camera(camera_spec, **extra)
     if arm_spec == "sim":
         arm = sim_arm
     else:

@@ -593,14 +593,14 @@ class ConsoleRuntime:
                         height=h,
                         captured_at=time.time(),
                         fps=fps,
-                        camera_ok=True,
+                        camera_ok=message == "ok",
                         camera_message=message,
                         arm=arm_state,
                         arm_message=arm_message,
                     )
             else:
                 with self._lock:
-                    self._preview.camera_ok = frame is not None
+                    self._preview.camera_ok = frame is not None and message == "ok"
                     self._preview.camera_message = message
                     self._preview.arm, self._preview.arm_message = arm_state, arm_message
             self._stop_event.wait(max(0.0, period - (time.monotonic() - t0)))

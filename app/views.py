@@ -76,6 +76,8 @@ def reasoning_html(s: LiveState) -> str:
     error = f'<div class="parse-error" id="parse-error">{html.escape(s.error)}</div>' if s.error else ""
     status = "E-STOP" if s.estopped else s.status
     end = f"{s.end_reason} {s.end_message}".strip() if s.status == "idle" and s.end_reason else ""
+    if len(end) > 48:  # the full message is in the status strip / logs; keep the grid readable
+        end = end[:45] + "..."
     fmt = lambda v, unit: "–" if v is None else f"{v:.0f} {unit}"  # noqa: E731
     metrics = "".join(
         [
