@@ -251,39 +251,52 @@ class BuiltinBackend:
             )
         return self._mask_cache[total_new]
 
-    def _run(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _run(
+        self, x: torch.Tensor, start: int, mask: torch.Tensor | None, keep_from: int = 0
+    ) -> torch.Tensor:
         """Decoder layers over `x` (1, T, d) at positions start..start+T, writing K/V into the cache.
 
         The same operations, in the same order, as the model's DecoderLayer (dropout is identity in
-        eval), so hidden states match the transformers path bit for bit.
+        eval). Only rows from `keep_from` on are returned; the last layer computes its attention and
+        feed-forward for those rows alone (the others' keys and values are all the cache needs).
         """
         b, t, d = x.shape
         end = start + t
         hd = d // self.n_head
+        last = len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
             q, k, v = layer.qkv(x).view(b, t, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)
             kb, vb = self._k[i], self._v[i]
             kb[:, :, start:end] = k
             vb[:, :, start:end] = v
+            if i == last and keep_from:
+                q, x, t = q[:, :, keep_from:], x[:, keep_from:], t - keep_from
+                mask = mask[..., keep_from:, :] if mask is not None else None
             a = F.scaled_dot_product_attention(q, kb[:, :, :end], vb[:, :, :end], attn_mask=mask)
             x = layer.attn_norm(x + layer.attn_out(a.transpose(1, 2).reshape(b, t, d)))
             x = layer.ff_norm(x + layer.ff_out(F.gelu(layer.ff_in(x))))
         return x
 
-    def _run_reference(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _run_reference(
+        self, x: torch.Tensor, start: int, mask: torch.Tensor | None, keep_from: int = 0
+    ) -> torch.Tensor:
         """Fallback through the model's own layers + DynamicCache (if its layer API changed)."""
         from transformers import DynamicCache
 
         if start == 0:
             self._ref_cache = DynamicCache()
-        elif self._ref_cache.get_seq_length() > start:
-            self._ref_cache.crop(start)
-        return self.model.run_layers(x, mask, self._ref_cache)
+        else:
+            extra = self._ref_cache.get_seq_length() - start
+            if extra > 0:  # rejected draft tokens: drop their keys and values
+                self._ref_cache.crop(-extra)
+        return self.model.run_layers(x, mask, self._ref_cache)[:, keep_from:]
 
-    def _layers(self, x: torch.Tensor, start: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def _layers(
+        self, x: torch.Tensor, start: int, mask: torch.Tensor | None, keep_from: int = 0
+    ) -> torch.Tensor:
         if self._custom_layers:
-            return self._run(x, start, mask)
-        return self._run_reference(x, start, mask)
+            return self._run(x, start, mask, keep_from)
+        return self._run_reference(x, start, mask, keep_from)
 
     def _check_custom_layers(self) -> bool:
         """Use the hand-rolled layer loop only if it reproduces the model's own prefill exactly."""
@@ -294,7 +307,7 @@ class BuiltinBackend:
                 want, _ = self.model.prefill(prefix, ids)
                 x = torch.cat([prefix, self.model.embed_text(ids)], dim=1)
                 self._alloc(x.shape[1])
-                h = self._run(x, 0, self._mask(x.shape[1]))
+                h = self._run(x, 0, self._mask(x.shape[1]), keep_from=x.shape[1] - 1)
                 got = F.linear(h[:, -1], self.out_w, self.out_b)
                 want_sorted = want[:, torch.argsort(self.model.output_token_ids)]
                 ok = bool(torch.allclose(got, want_sorted, rtol=0, atol=1e-5))
@@ -369,8 +382,9 @@ class BuiltinBackend:
             x = torch.cat(parts, dim=1)
             total = x.shape[1]
             self._alloc(total + budget + 1)
-            h = self._layers(x, 0, self._mask(total))
             n_prompt = self.n_img + len(prompt_ids)
+            # Only rows from the prompt's last token on predict anything.
+            h = self._layers(x, 0, self._mask(total), keep_from=n_prompt - 1)
             stats.prefill_tokens, stats.draft_tokens = total, len(draft)
             t2 = time.perf_counter()
             stats.vision_ms, stats.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -379,7 +393,8 @@ class BuiltinBackend:
             # `fed` are the tokens whose hidden states `h` holds from row `base` on: row base+i
             # predicts the token after fed[i]. The first forward's fed[0] is the prompt's last token.
             fed = [prompt_ids[-1], *draft]
-            base, start = n_prompt - 1, n_prompt - 1  # cache position of fed[0]
+            base, start = 0, n_prompt - 1  # h row 0 and the cache position of fed[0]
+            guess_limit = 16
             while True:
                 i = 0
                 while True:
@@ -399,8 +414,11 @@ class BuiltinBackend:
                 # The cache is valid through fed[i]; `token` is decided but not fed yet. Feed it with
                 # a fresh guess at what follows (the previous step's tokens at the same places).
                 start += i + 1
+                # Guesses that all failed last time are likely to fail again: offer fewer (each
+                # guessed row costs compute), and as many as before once one is accepted.
+                guess_limit = 16 if i > 0 or len(fed) == 1 else max(1, guess_limit // 4)
                 extra = self._guess(draft_source, generated, state) if greedy and self.drafts_enabled else []
-                extra = extra[: max(0, budget - len(generated) - 1)]
+                extra = extra[: max(0, min(guess_limit, budget - len(generated) - 1))]
                 fed = [token, *extra]
                 x = self.model.embed_text(torch.tensor([fed]), start=start - self.n_img)
                 h = self._layers(x, start, self._decode_mask(start, len(fed)))

@@ -120,6 +120,18 @@ def test_greedy_tokens_equal_generate(backend, style, given_plan):
         assert len([t for t in ids if backend.token_map.bin_of(t) is not None]) >= 8
 
 
+def test_fallback_through_the_models_own_layers_gives_the_same_tokens(backend):
+    """If the model's layer internals change, the backend falls back to `model.run_layers` with a
+    DynamicCache (rejected drafts cropped); that path must give the same tokens too."""
+    fallback = BuiltinBackend(model=backend.model, processor=backend.processor, num_threads=1)
+    fallback._custom_layers = False
+    images = frames(2, seed=21)
+    for image in (images[0], images[1], images[1]):
+        for given_plan in (None, "pick up the rock"):
+            request = GenerationRequest(image=image, instruction="pick up the rock", given_plan=given_plan)
+            assert run(fallback, request) == run(backend, request)
+
+
 def test_drafts_are_lossless_and_skip_decoding_when_the_frame_repeats(backend):
     fast = backend
     fast.reset_drafts()
