@@ -19,8 +19,8 @@ fraction of the time. What makes it fast, each kept because it measurably helped
   the same pass; tokens are accepted only while they equal the greedy choice, and decoding goes on
   one token at a time from the first disagreement. The output is the greedy output either way; a
   plan every step then costs little more than plan reuse.
-* torch.inference_mode; 2 intra-op threads on an idle 2-core machine, 1 when other processes keep
-  it busy (`default_num_threads`: idle OpenMP threads spin, 10-20x slower at load 5-9).
+* torch.inference_mode and one intra-op thread (`default_num_threads`): with two, any other busy
+  process on the machine made a step 100x slower (OpenMP barriers waiting for a descheduled thread).
 
 Tried and not kept: dynamic int8 quantisation of the decoder linears (`quantize=True`) changed the
 greedy tokens on 64 of 96 steps of a random-init model, so it is off by default; torch.compile
@@ -480,20 +480,17 @@ class BuiltinBackend:
 
 
 def default_num_threads() -> int:
-    """Intra-op threads for batch-1 decoding: $RT2_NUM_THREADS, else 2 on an idle machine, else 1.
+    """Intra-op threads for batch-1 decoding: $RT2_NUM_THREADS, else 1.
 
-    Measured here (2 cores): idle, 2 threads are ~25% faster than 1; with other busy processes
-    (load average 5-9), 2 threads were 10-20x slower than 1, because an OpenMP barrier spins while
-    its partner thread is descheduled. One step of this model is too small to be worth that risk.
+    Measured on this 2-core machine: 2 threads were ~25% faster than 1 when the machine was idle,
+    but with any other busy process (load average 3.5-9) a step took 1.4-1.9 s with 2 threads and
+    15-20 ms with 1: each of the ~300 small ops of a step ends in an OpenMP barrier that waits for
+    the partner thread to be scheduled. A control loop cannot take that risk; opt in with
+    RT2_NUM_THREADS=2 on a dedicated machine.
     """
     if os.environ.get("RT2_NUM_THREADS"):
         return max(1, int(os.environ["RT2_NUM_THREADS"]))
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] > 0.5 * cores
-    except OSError:
-        busy = False
-    return 1 if busy or cores < 2 else 2
+    return 1
 
 
 def _load(path: Path):

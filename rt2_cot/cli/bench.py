@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: 2 if the machine is idle, else 1)",
+        help="torch intra-op threads (default: $RT2_NUM_THREADS or 1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="simulator scene and task seed")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
