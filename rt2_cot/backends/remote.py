@@ -29,7 +29,6 @@ from loguru import logger
 
 from rt2_cot.backends.base import GenerationRequest, PromptStyle
 from rt2_cot.errors import BackendError
-from rt2_cot.serving.guided import CONTINUATION_REGEX
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -49,11 +48,9 @@ def split_prompt(style: PromptStyle, instruction: str, given_plan: str | None = 
 
 def guided_regex(style: PromptStyle, prefilled: bool = False) -> str:
     """The regex sent to the server: the whole output, or only the action after a prefilled plan."""
-    if prefilled:
-        return CONTINUATION_REGEX
     from rt2_cot.constrained import action_regex
 
-    return action_regex(style)
+    return action_regex(style, plan_given=prefilled)
 
 
 def image_data_url(image: np.ndarray, image_format: str = "png") -> str:
