@@ -126,6 +126,9 @@ class RealSenseCamera(Camera):
         self._pipeline = None
         self._align = None
         self._playback = None
+        self._rs_config = None  # kept so a looping recording can restart its pipeline
+        self._seen_playing = False  # playback: this run has started (see _wait_frameset)
+        self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
         self._depth_scale_m = 0.0
         self._streams: dict[str, dict | None] = {"color": None, "depth": None}
@@ -185,6 +188,9 @@ class RealSenseCamera(Camera):
             pipeline.stop()
             raise
         self._pipeline = pipeline
+        self._rs_config = rs_config
+        self._seen_playing = False
+        self.loops = 0
         self._align = rs.align(rs.stream.color) if self._use_depth and cfg.align_depth_to_color else None
         self._index = 0
         logger.info(
@@ -204,7 +210,11 @@ class RealSenseCamera(Camera):
         )
         require(cfg.record_to is None, "record_to works with live cameras only, not while playing a file")
         # No enable_stream: a recording dictates its own streams and modes (checked in _describe).
-        rs_config.enable_device_from_file(str(path), repeat_playback=cfg.loop)
+        # repeat_playback stays off even with `loop`: the SDK loops by re-starting the sensors from
+        # a STOPPED callback on its own thread, so every lap passes through STOPPED (which reads as
+        # "ended" here) and now and then the restart never comes and playback stays STOPPED for
+        # good. _wait_frameset restarts the pipeline itself instead (see _restart_playback).
+        rs_config.enable_device_from_file(str(path), repeat_playback=False)
 
     def _configure_live(self, rs, rs_config) -> None:
         cfg = self.config
@@ -279,20 +289,73 @@ class RealSenseCamera(Camera):
 
     # -- read -------------------------------------------------------------------------------
 
+    def _playback_stopped(self) -> bool:
+        """True once this playback run has played and then stopped: the recording is exhausted.
+
+        Right after (re)start the status still reads STOPPED for a few ms, so STOPPED only counts
+        after PLAYING was seen (or a frame arrived) in this run."""
+        if self._playback is None:
+            return False
+        status = self._playback.current_status()
+        if status != self._rs.playback_status.stopped:
+            self._seen_playing = True
+            return False
+        return self._seen_playing
+
+    def _restart_playback(self) -> None:
+        """Play the recording again from its beginning (for `loop`).
+
+        At the end of the file the playback device has already stopped its sensors and rewound its
+        reader, so stop() + start() of the pipeline replays from the first frame. start() reuses the
+        device resolved in connect() (the config caches it): no device search, ~5 ms, and the
+        real-time pacing set on it stays."""
+        t0 = time.monotonic()
+        try:
+            self._pipeline.stop()
+            profile = self._pipeline.start(self._rs_config)
+        except RuntimeError as exc:
+            self._pipeline = None  # stopped (or never restarted): connect() can start afresh
+            raise CameraError(f"cannot restart {self.config.file} for looping: {exc}") from None
+        self._playback = profile.get_device().as_playback()
+        if self._playback.is_real_time() != self.config.real_time:
+            self._playback.set_real_time(self.config.real_time)
+        self._seen_playing = False
+        self.loops += 1
+        logger.debug(
+            "RealSense recording restarted (lap {}) in {:.1f} ms",
+            self.loops + 1,
+            1e3 * (time.monotonic() - t0),
+        )
+
     def _wait_frameset(self):
-        """Next frameset with every enabled stream, or None once a recording has ended."""
-        rs = self._rs
+        """Next frameset with every enabled stream, or None once a recording has ended (with
+        `loop`, the recording restarts instead and this keeps waiting)."""
         deadline = time.monotonic() + self.config.timeout_s
         while True:
-            # Short waits so the end of a recording is noticed at once instead of after a timeout.
-            ok, frames = self._pipeline.try_wait_for_frames(100)
+            # Status before the wait: if playback had already stopped and the wait then brings
+            # nothing, every frame it played has been delivered, so the recording is exhausted.
+            # Short waits so the end of a recording is noticed at once instead of after a timeout;
+            # Playback polls in 20 ms slices: a one-frame lap would otherwise idle ~100 ms per lap.
+            stopped = self._playback_stopped()
+            ok, frames = self._pipeline.try_wait_for_frames(100 if self._playback is None else 20)
             if ok:
+                self._seen_playing = True
                 if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
                     frames.keep()  # it may be held past the next wait (see _next_playback_frameset)
                     return frames
-            elif self._playback is not None and self._playback.current_status() == rs.playback_status.stopped:
-                return None
+            elif stopped:
+                if not self.config.loop:
+                    return None
+                # The deadline stays: a recording that never yields a whole frameset must still
+                # fail after timeout_s instead of restarting forever.
+                self._restart_playback()
+                continue
             if time.monotonic() > deadline:
+                if self._playback is not None:
+                    raise CameraError(
+                        f"no complete frame from the recording {self.config.file} within "
+                        f"{self.config.timeout_s:.1f} s; it may lack colour or depth frames"
+                    )
                 raise CameraError(
                     f"no frame from the RealSense camera within {self.config.timeout_s:.1f} s; "
                     "check the USB cable (USB 3) and that no other program uses the camera"
@@ -318,7 +381,11 @@ class RealSenseCamera(Camera):
         """Playback pairs each colour frame with the newest depth frame, so a colour frame that was
         recorded just before its depth frame comes out twice: first with the previous depth, then
         with its own. Holding one frameset back and keeping the later pairing returns every colour
-        frame once, with the depth recorded beside it."""
+        frame once, with the depth recorded beside it.
+
+        Real-time playback also drops a depth frame now and then (typically as a lap starts); its
+        colour frame then comes paired with the *next* depth, which belongs to the next colour
+        frame. Such a colour frame is skipped rather than returned with another frame's depth."""
         held = self._held
         while True:
             frames = self._wait_frameset()
@@ -332,8 +399,18 @@ class RealSenseCamera(Camera):
             if color == held_color and depth != held_depth:
                 held = frames  # the same colour frame, now with the depth recorded beside it
                 continue
+            if color != held_color and depth == held_depth and self._depth_is_later(held, frames):
+                held = frames  # the held colour frame lost its own depth (see above)
+                continue
             self._held = frames
             return held
+
+    @staticmethod
+    def _depth_is_later(held, frames) -> bool:
+        """True when the depth frame shared by two framesets was recorded nearer the later colour."""
+        depth_t = frames.get_depth_frame().get_timestamp()
+        held_gap = abs(depth_t - held.get_color_frame().get_timestamp())
+        return abs(depth_t - frames.get_color_frame().get_timestamp()) < held_gap
 
     def _to_frame(self, frames) -> Frame:
         timestamp = time.monotonic()

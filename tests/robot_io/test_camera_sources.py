@@ -99,3 +99,17 @@ def test_sim_source_renders_rgbd():
         frame = camera.read()
     assert frame.color.shape == (48, 64, 3) and frame.depth.shape == (48, 64)
     assert 0.2 < np.nanmedian(frame.depth_m()) < 3.0
+
+
+def test_file_source_as_the_console_opens_it_plays_past_the_end(realsense_bag):
+    # The console opens recordings with real_time=True, loop=True; the one-frame D435 fixture
+    # therefore needs a restart for every read after the first.
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed")
+    camera = make_camera(f"file:{realsense_bag}", real_time=True, loop=True)
+    with camera:
+        frames = [camera.read() for _ in range(4)]
+        assert camera.loops >= 3
+    assert [f.index for f in frames] == [1, 2, 3, 4]
+    for f in frames:
+        assert f.color.shape == (480, 640, 3) and np.array_equal(f.color, frames[0].color)
+        assert f.depth.shape == (480, 640) and 0.5 < np.nanmedian(f.depth_m()) < 2.0
