@@ -34,7 +34,8 @@ def resize_image(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
 
 def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalised for EfficientNet-Lite."""
-    t = torch.as_tensor(images)
+    # np.array copies: frames from a simulator or camera buffer may be read-only views.
+    t = torch.from_numpy(np.array(images, dtype=np.uint8)) if isinstance(images, np.ndarray) else images
     return (t.permute(0, 3, 1, 2).float() - _PIXEL_MEAN) / _PIXEL_STD
 
 
