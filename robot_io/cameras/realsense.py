@@ -127,7 +127,8 @@ class RealSenseCamera(Camera):
         self._align = None
         self._playback = None
         self._rs_config = None  # kept so a looping recording can restart its pipeline
-        self._seen_playing = False  # playback: this run has started (see _wait_frameset)
+        self._seen_playing = False  # playback: this run has started (see _playback_stopped)
+        self._run_started = 0.0  # playback: time.monotonic() of the last (re)start
         self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
         self._depth_scale_m = 0.0
@@ -192,6 +193,7 @@ class RealSenseCamera(Camera):
         # holding that past connect() changes when the device is destroyed (see disconnect).
         self._rs_config = rs_config if cfg.file and cfg.loop else None
         self._seen_playing = False
+        self._run_started = time.monotonic()
         self.loops = 0
         self._align = rs.align(rs.stream.color) if self._use_depth and cfg.align_depth_to_color else None
         self._index = 0
@@ -295,14 +297,15 @@ class RealSenseCamera(Camera):
         """True once this playback run has played and then stopped: the recording is exhausted.
 
         Right after (re)start the status still reads STOPPED for a few ms, so STOPPED only counts
-        after PLAYING was seen (or a frame arrived) in this run."""
+        after PLAYING was seen (or a frame arrived) in this run, or 0.3 s after the start: a short
+        lap can play (and lose its frames) entirely between two polls."""
         if self._playback is None:
             return False
         status = self._playback.current_status()
         if status != self._rs.playback_status.stopped:
             self._seen_playing = True
             return False
-        return self._seen_playing
+        return self._seen_playing or time.monotonic() - self._run_started > 0.3
 
     def _restart_playback(self) -> None:
         """Play the recording again from its beginning (for `loop`).
@@ -322,6 +325,7 @@ class RealSenseCamera(Camera):
         if self._playback.is_real_time() != self.config.real_time:
             self._playback.set_real_time(self.config.real_time)
         self._seen_playing = False
+        self._run_started = time.monotonic()
         self.loops += 1
         logger.debug(
             "RealSense recording restarted (lap {}) in {:.1f} ms",

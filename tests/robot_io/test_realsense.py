@@ -105,12 +105,14 @@ def test_synthetic_db3_round_trip(tmp_path):
     assert color_ids == depth_ids == list(range(12 - len(frames), 12))
 
 
-def _ids(frames, colors, depths) -> list[int]:
-    """Which written frame each read frame is; its depth must be the one written beside it."""
+def _ids(frames, colors, depths, slack: int = 0) -> list[int]:
+    """Which written frame each read frame is; its depth must be the one written beside it (or,
+    with `slack`, one at most that many frames away)."""
     ids = []
     for f in frames:
         k = next(k for k, c in enumerate(colors) if np.array_equal(f.color, c))
-        assert np.array_equal(f.depth, depths[k]) and f.depth_scale_m == 0.001
+        d = next(j for j, depth in enumerate(depths) if np.array_equal(f.depth, depth))
+        assert abs(d - k) <= slack and f.depth_scale_m == 0.001, (k, d)
         ids.append(k)
     return ids
 
@@ -127,7 +129,9 @@ def test_synthetic_db3_loops_in_order(tmp_path, real_time):
         frames = [cam.read() for _ in range(reads)]
         loops = cam.loops
     elapsed = time.monotonic() - t0
-    ids = _ids(frames, colors, depths)
+    # Real-time playback now and then drops a depth frame and librealsense pairs the colour frame
+    # with a neighbouring depth (seen ~1 in 10 runs); not playing in real time, pairs are exact.
+    ids = _ids(frames, colors, depths, slack=1 if real_time else 0)
     assert [f.index for f in frames] == list(range(1, reads + 1))
     # In order within a lap, then back towards the start. librealsense drops frames while a lap
     # starts (real time: a lost depth frame; otherwise the colour stream sometimes races ahead), so
