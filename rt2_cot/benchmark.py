@@ -206,7 +206,8 @@ def run_benchmark(
                 f"no built-in checkpoint at {builtin_checkpoint()}: measured a random init of its config"
             )
     else:
-        fast = _builtin_for_folder(model, threads) or load_backend(model)
+        fast = load_backend(model)
+        torch.set_num_threads(threads)  # backends pick their own default; the bench's choice wins
         if hasattr(fast, "drafts_enabled"):
             fast.drafts_enabled = drafts
         inner = getattr(fast, "model", None)
@@ -317,24 +318,6 @@ def run_benchmark(
         load_average=[round(v, 2) for v in load],
         notes=[*notes, f"{platform.processor() or platform.machine()}, torch {torch.__version__}"],
     )
-
-
-def _builtin_for_folder(model: str, threads: int) -> Backend | None:
-    """The fast path for any rt2-cot-mini folder (a training run's export), not only `builtin`."""
-    import json
-
-    config = Path(model) / "config.json"
-    if model in ("builtin",) or not config.is_file():
-        return None
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except ValueError:
-        return None
-    if model_type != "rt2_cot_mini":
-        return None
-    from rt2_cot.backends.builtin import BuiltinBackend
-
-    return BuiltinBackend(model, num_threads=threads)
 
 
 def _hold(sim):

@@ -3,8 +3,7 @@ OpenAI-compatible server. `load_backend(spec)` turns a `--model` argument into o
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -25,31 +24,31 @@ def load_backend(spec: str = "builtin", **kwargs) -> Backend:
     """`builtin` | `http(s)://host:port/v1` | a local checkpoint folder -> a Backend.
 
     Keyword arguments go to the backend's constructor (e.g. `trust_remote_code=True` for a folder).
+    Any rt2-cot-mini folder (the committed checkpoint or a training run's export) gets the fast
+    built-in path, whose greedy output equals the transformers path token for token.
     """
     spec = str(spec).strip()
-    if spec == "builtin":
-        path = builtin_checkpoint()
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"built-in checkpoint not found at {path}; train it with `rt2-cot train` "
-                "or pass --model PATH_OR_URL"
-            )
-        # The speed engineer's fast path, when present, beats the generic transformers path.
-        if importlib.util.find_spec("rt2_cot.backends.builtin") is not None:
-            from rt2_cot.backends.builtin import BuiltinBackend
-
-            return BuiltinBackend(path, **kwargs)
-        from rt2_cot.backends.transformers_backend import TransformersBackend
-
-        return TransformersBackend(path, **kwargs)
     if spec.startswith(("http://", "https://")):
-        try:
-            remote = importlib.import_module("rt2_cot.backends.remote")
-        except ModuleNotFoundError as exc:
-            raise ModelLoadError(
-                "remote models need rt2_cot.backends.remote, which is not installed"
-            ) from exc
-        return remote.RemoteBackend(spec, **kwargs)
+        from rt2_cot.backends.remote import RemoteBackend
+
+        return RemoteBackend(spec, **kwargs)
+    path = builtin_checkpoint() if spec == "builtin" else Path(spec)
+    if spec == "builtin" and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"built-in checkpoint not found at {path}; train it with `rt2-cot train` or pass --model PATH_OR_URL"
+        )
+    if _model_type(path) == "rt2_cot_mini" and not kwargs.get("trust_remote_code"):
+        from rt2_cot.backends.builtin import BuiltinBackend
+
+        return BuiltinBackend(path, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"})
     from rt2_cot.backends.transformers_backend import TransformersBackend
 
-    return TransformersBackend(spec, **kwargs)
+    return TransformersBackend(path, **kwargs)
+
+
+def _model_type(path: Path) -> str | None:
+    """`model_type` from a checkpoint folder's config.json, or None if there is no readable one."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -84,8 +84,9 @@ def test_training_exports_get_the_fast_path(tmp_path):
     import torch
 
     import rt2_cot.model as rt2_model
+    from rt2_cot.backends import load_backend
     from rt2_cot.backends.builtin import BuiltinBackend
-    from rt2_cot.benchmark import _builtin_for_folder
+    from rt2_cot.errors import ModelLoadError
 
     tok = rt2_model.load_tokenizer()
     ids = sorted(
@@ -96,10 +97,11 @@ def test_training_exports_get_the_fast_path(tmp_path):
     rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(tmp_path / "mini")
     threads = torch.get_num_threads()
     try:
-        assert isinstance(_builtin_for_folder(str(tmp_path / "mini"), 1), BuiltinBackend)
+        assert isinstance(load_backend(str(tmp_path / "mini")), BuiltinBackend)
     finally:
         torch.set_num_threads(threads)
+    # Any other model type goes to the generic transformers path (here: a config with no weights).
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    assert _builtin_for_folder(str(tmp_path / "other"), 1) is None
-    assert _builtin_for_folder("builtin", 1) is None
+    with pytest.raises(ModelLoadError):
+        load_backend(str(tmp_path / "other"))
