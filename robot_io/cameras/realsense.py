@@ -110,6 +110,30 @@ def list_realsense_devices() -> list[dict]:
     return devices
 
 
+class _PlaybackRun:
+    """What the playback device reported about the current run, from its status callback.
+
+    Polling current_status() misses transitions: a run starts in STOPPED, and a short lap can go
+    PLAYING -> STOPPED between two polls, so a STOPPED read once could be the start or the end.
+    The callback sees every transition, so "STOPPED after PLAYING" marks the end exactly. It holds
+    no reference to the camera (librealsense keeps the callback alive with the device)."""
+
+    def __init__(self) -> None:
+        self.played = threading.Event()
+        self.ended = threading.Event()
+
+    def reset(self) -> None:
+        self.played.clear()
+        self.ended.clear()
+
+    def on_status(self, status) -> None:
+        name = str(status).rsplit(".", 1)[-1]
+        if name == "playing":
+            self.played.set()
+        elif name == "stopped" and self.played.is_set():
+            self.ended.set()
+
+
 class RealSenseCamera(Camera):
     """A RealSense camera or recording behind the `Camera` interface."""
 
@@ -127,7 +151,8 @@ class RealSenseCamera(Camera):
         self._align = None
         self._playback = None
         self._rs_config = None  # kept so a looping recording can restart its pipeline
-        self._seen_playing = False  # playback: this run has started (see _playback_stopped)
+        self._run = _PlaybackRun()  # playback: status transitions of the current run
+        self._status_handle = None  # playback: the device handle the status callback is on
         self._run_started = 0.0  # playback: time.monotonic() of the last (re)start
         self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
@@ -136,6 +161,7 @@ class RealSenseCamera(Camera):
         self._index = 0
         self._use_depth = self.config.depth
         self._held = None  # playback: one frameset held back to pair colour with its own depth
+        self._reopened = False  # playback: reopened once already after a first pass with no frame
         self._lock = threading.Lock()  # one reader at a time; read_latest never takes it
         self.device_info: dict[str, str | None] = {}
         # The last depth image before alignment, as the sensor measured it (a copy). Aligning
@@ -179,7 +205,14 @@ class RealSenseCamera(Camera):
                 # Resolve first and set the pacing on the resolved device, which start() then
                 # reuses: switching after start() loses the frames already played in real time.
                 resolved = rs_config.resolve(rs.pipeline_wrapper(pipeline))
-                resolved.get_device().as_playback().set_real_time(cfg.real_time)
+                playback = resolved.get_device().as_playback()
+                playback.set_real_time(cfg.real_time)
+                # Registered before start() so the first PLAYING is not missed; the device (and
+                # the callback) are reused by every restart.
+                self._run.reset()
+                playback.set_status_changed_callback(self._run.on_status)
+                # The callback lives only as long as this Python handle: keep it until disconnect.
+                self._status_handle = playback
             profile = pipeline.start(rs_config)
         except RuntimeError as exc:
             raise CameraError(self._start_error(exc)) from None
@@ -192,7 +225,6 @@ class RealSenseCamera(Camera):
         # Kept only for `loop` (restarts need it): it caches the resolved playback device, and
         # holding that past connect() changes when the device is destroyed (see disconnect).
         self._rs_config = rs_config if cfg.file and cfg.loop else None
-        self._seen_playing = False
         self._run_started = time.monotonic()
         self.loops = 0
         self._align = rs.align(rs.stream.color) if self._use_depth and cfg.align_depth_to_color else None
@@ -296,16 +328,16 @@ class RealSenseCamera(Camera):
     def _playback_stopped(self) -> bool:
         """True once this playback run has played and then stopped: the recording is exhausted.
 
-        Right after (re)start the status still reads STOPPED for a few ms, so STOPPED only counts
-        after PLAYING was seen (or a frame arrived) in this run, or 0.3 s after the start: a short
-        lap can play (and lose its frames) entirely between two polls."""
+        Right after (re)start the status still reads STOPPED for a few ms, and a short lap can play
+        entirely between two polls, so the end is taken from the status callback (_PlaybackRun):
+        STOPPED after PLAYING in this run. Reading STOPPED 0.3 s after the start is a fallback."""
         if self._playback is None:
             return False
-        status = self._playback.current_status()
-        if status != self._rs.playback_status.stopped:
-            self._seen_playing = True
-            return False
-        return self._seen_playing or time.monotonic() - self._run_started > 0.3
+        if self._run.ended.is_set():
+            return True
+        # Fallback should a status callback go missing: STOPPED long after the start is the end.
+        stopped = self._playback.current_status() == self._rs.playback_status.stopped
+        return stopped and time.monotonic() - self._run_started > 0.3
 
     def _restart_playback(self) -> None:
         """Play the recording again from its beginning (for `loop`).
@@ -317,6 +349,7 @@ class RealSenseCamera(Camera):
         t0 = time.monotonic()
         try:
             self._pipeline.stop()
+            self._run.reset()  # after stop(), before start(): this run's transitions only
             profile = self._pipeline.start(self._rs_config)
         except RuntimeError as exc:
             self._pipeline = None  # stopped (or never restarted): connect() can start afresh
@@ -324,7 +357,6 @@ class RealSenseCamera(Camera):
         self._playback = profile.get_device().as_playback()
         if self._playback.is_real_time() != self.config.real_time:
             self._playback.set_real_time(self.config.real_time)
-        self._seen_playing = False
         self._run_started = time.monotonic()
         self.loops += 1
         logger.debug(
@@ -342,10 +374,16 @@ class RealSenseCamera(Camera):
             # nothing, every frame it played has been delivered, so the recording is exhausted.
             # Short waits so the end of a recording is noticed at once instead of after a timeout;
             # Playback polls in 20 ms slices: a one-frame lap would otherwise idle ~100 ms per lap.
+            # Once stopped, 50 ms leaves frames still passing through the pipeline's syncer time
+            # to arrive before the recording is declared exhausted.
             stopped = self._playback_stopped()
-            ok, frames = self._pipeline.try_wait_for_frames(100 if self._playback is None else 20)
+            wait_ms = 100 if self._playback is None else (50 if stopped else 20)
+            ok, frames = self._pipeline.try_wait_for_frames(wait_ms)
             if ok:
-                self._seen_playing = True
+                # A frame is no sign that the run has left the STOPPED it starts in: the first
+                # frame can arrive while the status still reads STOPPED, and counting it as
+                # PLAYING (as this once did) made that startup STOPPED look like the end after one
+                # frame (~1 in 10 non-real-time plays of a 12-frame recording, loaded machine).
                 if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
                     frames.keep()  # it may be held past the next wait (see _next_playback_frameset)
                     return frames
@@ -375,13 +413,29 @@ class RealSenseCamera(Camera):
     def _read(self) -> Frame:
         require(self._pipeline is not None, "the RealSense camera is not connected; call connect() first")
         with self._lock:
-            if self._playback is None or not self._use_depth:
-                frames = self._wait_frameset()
-            else:
-                frames = self._next_playback_frameset()
+            frames = self._next_frameset()
+            if frames is None and self._index == 0 and not self.config.loop and not self._reopened:
+                # Now and then (3 in 120 opens of the one-frame D435 fixture, not in real time)
+                # librealsense plays a recording without delivering a single frame: nothing at
+                # all arrives, not even a partial frameset. A recording that yields nothing on
+                # its first pass was not read, it was lost, so open it once more rather than
+                # report a valid file as ended. With `loop` the next lap covers this already.
+                self._reopened = True
+                logger.warning(
+                    "RealSense {} delivered no frame on its first pass; reopening it", self.config.file
+                )
+                self.disconnect()
+                self.connect()
+                frames = self._next_frameset()
             if frames is None:
                 raise RecordingEnded(f"the recording {self.config.file} has ended")
             return self._to_frame(frames)
+
+    def _next_frameset(self):
+        """Next frameset to turn into a Frame, or None once a recording has ended."""
+        if self._playback is None or not self._use_depth:
+            return self._wait_frameset()
+        return self._next_playback_frameset()
 
     def _next_playback_frameset(self):
         """Playback pairs each colour frame with the newest depth frame, so a colour frame that was
@@ -444,6 +498,7 @@ class RealSenseCamera(Camera):
         # local of connect(): freed after the pipeline had stopped (when the camera object was
         # collected), it crashed the process now and then (segfault, ~1 in 10 test-file runs).
         self._rs_config = None
+        self._status_handle = None  # like the config: released while the pipeline still runs
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             try:

@@ -52,6 +52,47 @@ def test_d435_fixture_plays_with_aligned_depth(realsense_bag):
             cam.read()
 
 
+def _lose_first_passes(monkeypatch, lost: int) -> list[int]:
+    """Make the first `lost` playback passes deliver nothing, as librealsense now and then does
+    (3 in 120 opens of the fixture); returns the list of connects, one entry per open."""
+    real_wait, real_connect = RealSenseCamera._wait_frameset, RealSenseCamera.connect
+    opens: list[int] = []
+
+    def connect(self):
+        opens.append(len(opens))
+        real_connect(self)
+
+    def wait(self):
+        if len(opens) <= lost:
+            while real_wait(self) is not None:  # let the pass play, but drop what it delivers
+                pass
+            return None
+        return real_wait(self)
+
+    monkeypatch.setattr(RealSenseCamera, "connect", connect)
+    monkeypatch.setattr(RealSenseCamera, "_wait_frameset", wait)
+    return opens
+
+
+def test_a_first_pass_that_delivers_nothing_is_reopened_once(realsense_bag, monkeypatch):
+    opens = _lose_first_passes(monkeypatch, lost=1)
+    with RealSenseCamera(RealSenseConfig(file=str(realsense_bag))) as cam:
+        frame = cam.read()
+        assert len(opens) == 2  # lost, then reopened and read
+        assert frame.index == 1 and frame.color.shape == (480, 640, 3) and frame.depth_scale_m == 0.001
+        assert np.nanmedian(frame.depth_m()[230:250, 310:330]) == pytest.approx(1.54, abs=0.08)
+        with pytest.raises(RecordingEnded):  # a pass that did deliver is not replayed
+            cam.read()
+        assert len(opens) == 2
+
+
+def test_a_recording_lost_twice_ends_instead_of_reopening_forever(realsense_bag, monkeypatch):
+    opens = _lose_first_passes(monkeypatch, lost=2)
+    with RealSenseCamera(RealSenseConfig(file=str(realsense_bag))) as cam, pytest.raises(RecordingEnded):
+        cam.read()
+    assert len(opens) == 2
+
+
 @pytest.mark.parametrize("real_time", [False, True])
 def test_fixture_loops_past_its_end(realsense_bag, real_time):
     # The fixture holds one colour and one depth frame, so every read after the first is a new lap.
