@@ -110,30 +110,6 @@ def list_realsense_devices() -> list[dict]:
     return devices
 
 
-class _PlaybackRun:
-    """What the playback device reported about the current run, from its status callback.
-
-    Polling current_status() misses transitions: a run starts in STOPPED, and a short lap can go
-    PLAYING -> STOPPED between two polls, so a STOPPED read once could be the start or the end.
-    The callback sees every transition, so "STOPPED after PLAYING" marks the end exactly. It holds
-    no reference to the camera (librealsense keeps the callback alive with the device)."""
-
-    def __init__(self) -> None:
-        self.played = threading.Event()
-        self.ended = threading.Event()
-
-    def reset(self) -> None:
-        self.played.clear()
-        self.ended.clear()
-
-    def on_status(self, status) -> None:
-        name = str(status).rsplit(".", 1)[-1]
-        if name == "playing":
-            self.played.set()
-        elif name == "stopped" and self.played.is_set():
-            self.ended.set()
-
-
 class RealSenseCamera(Camera):
     """A RealSense camera or recording behind the `Camera` interface."""
 
@@ -151,8 +127,8 @@ class RealSenseCamera(Camera):
         self._align = None
         self._playback = None
         self._rs_config = None  # kept so a looping recording can restart its pipeline
-        self._run = _PlaybackRun()  # playback: status transitions of the current run
-        self._status_handle = None  # playback: the device handle the status callback is on
+        self._seen_playing = False  # playback: PLAYING was read in this run (see _playback_stopped)
+        self._first_frame_at: float | None = None  # playback: time.monotonic() of the run's first frame
         self._run_started = 0.0  # playback: time.monotonic() of the last (re)start
         self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
@@ -205,14 +181,7 @@ class RealSenseCamera(Camera):
                 # Resolve first and set the pacing on the resolved device, which start() then
                 # reuses: switching after start() loses the frames already played in real time.
                 resolved = rs_config.resolve(rs.pipeline_wrapper(pipeline))
-                playback = resolved.get_device().as_playback()
-                playback.set_real_time(cfg.real_time)
-                # Registered before start() so the first PLAYING is not missed; the device (and
-                # the callback) are reused by every restart.
-                self._run.reset()
-                playback.set_status_changed_callback(self._run.on_status)
-                # The callback lives only as long as this Python handle: keep it until disconnect.
-                self._status_handle = playback
+                resolved.get_device().as_playback().set_real_time(cfg.real_time)
             profile = pipeline.start(rs_config)
         except RuntimeError as exc:
             raise CameraError(self._start_error(exc)) from None
@@ -225,7 +194,7 @@ class RealSenseCamera(Camera):
         # Kept only for `loop` (restarts need it): it caches the resolved playback device, and
         # holding that past connect() changes when the device is destroyed (see disconnect).
         self._rs_config = rs_config if cfg.file and cfg.loop else None
-        self._run_started = time.monotonic()
+        self._new_run()
         self.loops = 0
         self._align = rs.align(rs.stream.color) if self._use_depth and cfg.align_depth_to_color else None
         self._index = 0
@@ -325,19 +294,32 @@ class RealSenseCamera(Camera):
 
     # -- read -------------------------------------------------------------------------------
 
+    def _new_run(self) -> None:
+        self._seen_playing = False
+        self._first_frame_at = None
+        self._run_started = time.monotonic()
+
     def _playback_stopped(self) -> bool:
         """True once this playback run has played and then stopped: the recording is exhausted.
 
-        Right after (re)start the status still reads STOPPED for a few ms, and a short lap can play
-        entirely between two polls, so the end is taken from the status callback (_PlaybackRun):
-        STOPPED after PLAYING in this run. Reading STOPPED 0.3 s after the start is a fallback."""
+        A run starts in STOPPED and reads so for a few ms (longer on a loaded machine), and its
+        first frame can arrive while it still does; a short lap can also play entirely between two
+        polls. So STOPPED counts as the end after PLAYING was read in this run, or once a frame has
+        arrived and 0.1 s have passed since the start, or 0.3 s after the start in any case.
+        Counting a frame as PLAYING at once (as this did) ended a recording after one frame ~1 in
+        10 non-real-time plays of a 12-frame .db3. (A status-change callback would see every
+        transition, but releasing its device handle aborted pipeline.stop() now and then.)"""
         if self._playback is None:
             return False
-        if self._run.ended.is_set():
-            return True
-        # Fallback should a status callback go missing: STOPPED long after the start is the end.
-        stopped = self._playback.current_status() == self._rs.playback_status.stopped
-        return stopped and time.monotonic() - self._run_started > 0.3
+        if self._playback.current_status() != self._rs.playback_status.stopped:
+            self._seen_playing = True
+            return False
+        since_start = time.monotonic() - self._run_started
+        return (
+            self._seen_playing
+            or (self._first_frame_at is not None and since_start > 0.1)
+            or since_start > 0.3
+        )
 
     def _restart_playback(self) -> None:
         """Play the recording again from its beginning (for `loop`).
@@ -349,7 +331,6 @@ class RealSenseCamera(Camera):
         t0 = time.monotonic()
         try:
             self._pipeline.stop()
-            self._run.reset()  # after stop(), before start(): this run's transitions only
             profile = self._pipeline.start(self._rs_config)
         except RuntimeError as exc:
             self._pipeline = None  # stopped (or never restarted): connect() can start afresh
@@ -357,7 +338,7 @@ class RealSenseCamera(Camera):
         self._playback = profile.get_device().as_playback()
         if self._playback.is_real_time() != self.config.real_time:
             self._playback.set_real_time(self.config.real_time)
-        self._run_started = time.monotonic()
+        self._new_run()
         self.loops += 1
         logger.debug(
             "RealSense recording restarted (lap {}) in {:.1f} ms",
@@ -380,10 +361,8 @@ class RealSenseCamera(Camera):
             wait_ms = 100 if self._playback is None else (50 if stopped else 20)
             ok, frames = self._pipeline.try_wait_for_frames(wait_ms)
             if ok:
-                # A frame is no sign that the run has left the STOPPED it starts in: the first
-                # frame can arrive while the status still reads STOPPED, and counting it as
-                # PLAYING (as this once did) made that startup STOPPED look like the end after one
-                # frame (~1 in 10 non-real-time plays of a 12-frame recording, loaded machine).
+                if self._first_frame_at is None:  # not PLAYING yet (see _playback_stopped)
+                    self._first_frame_at = time.monotonic()
                 if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
                     frames.keep()  # it may be held past the next wait (see _next_playback_frameset)
                     return frames
@@ -498,7 +477,6 @@ class RealSenseCamera(Camera):
         # local of connect(): freed after the pipeline had stopped (when the camera object was
         # collected), it crashed the process now and then (segfault, ~1 in 10 test-file runs).
         self._rs_config = None
-        self._status_handle = None  # like the config: released while the pipeline still runs
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             try:

@@ -17,7 +17,6 @@ from robot_io.cameras.realsense import (
     RealSenseCamera,
     RealSenseConfig,
     RecordingEnded,
-    _PlaybackRun,
     list_realsense_devices,
     write_recording,
 )
@@ -51,20 +50,6 @@ def test_d435_fixture_plays_with_aligned_depth(realsense_bag):
         assert cam.read_latest() is frame
         with pytest.raises(RecordingEnded):
             cam.read()
-
-
-def test_playback_run_ends_only_on_stopped_after_playing():
-    import pyrealsense2 as rs
-
-    run = _PlaybackRun()
-    run.on_status(rs.playback_status.stopped)  # the STOPPED a run starts in is not its end
-    assert not run.ended.is_set()
-    run.on_status(rs.playback_status.playing)
-    assert run.played.is_set() and not run.ended.is_set()
-    run.on_status(rs.playback_status.stopped)
-    assert run.ended.is_set()
-    run.reset()
-    assert not run.played.is_set() and not run.ended.is_set()
 
 
 def _lose_first_passes(monkeypatch, lost: int) -> list[int]:
