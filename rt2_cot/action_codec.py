@@ -138,7 +138,9 @@ class OpenVLAActionCodec:
         return len(self.q01)
 
     @classmethod
-    def from_dataset_statistics(cls, path: Path, unnorm_key: str | None, vocab_size: int) -> OpenVLAActionCodec:
+    def from_dataset_statistics(
+        cls, path: Path, unnorm_key: str | None, vocab_size: int
+    ) -> OpenVLAActionCodec:
         try:
             stats = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:

@@ -28,5 +28,7 @@ def realsense_bag() -> Path:
     """The real D435 recording from ../shared/fixtures (skips with the reason when absent)."""
     path = SHARED_FIXTURES / "realsense" / "d435_single_depth_color_640x480.bag"
     if not path.exists():
-        pytest.skip(f"real RealSense fixture not found at {path} (see ../shared/fixtures/realsense/README.md)")
+        pytest.skip(
+            f"real RealSense fixture not found at {path} (see ../shared/fixtures/realsense/README.md)"
+        )
     return path

@@ -32,7 +32,7 @@ class Arm(abc.ABC):
     def stop(self) -> None:
         """Stop moving now and hold position. Must be safe to call from any thread, at any time."""
 
-    def disconnect(self) -> None:
+    def disconnect(self) -> None:  # noqa: B027 - a deliberate no-op default: not every arm holds a connection
         """Release the arm. Safe to call twice."""
 
     def __enter__(self) -> Arm:

@@ -11,7 +11,10 @@ import sys
 # name -> (module, one-line help). Order is the order `rt2-cot --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "act": ("rt2_cot.cli.act", "one observation + instruction -> streamed plan and decoded action"),
-    "cameras": ("rt2_cot.cli.cameras", "list cameras or probe a source (live, recording, webcam, folder, sim)"),
+    "cameras": (
+        "rt2_cot.cli.cameras",
+        "list cameras or probe a source (live, recording, webcam, folder, sim)",
+    ),
     "sim": ("rt2_cot.cli.sim", "run closed-loop episodes in the MuJoCo tabletop"),
     "datagen": ("rt2_cot.cli.datagen", "write oracle episodes and vision-language examples for training"),
     "train": ("rt2_cot.cli.train", "train the built-in model from a config (resumable)"),
@@ -23,7 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rt2-cot", description="RT-2-style VLA runtime with chain-of-thought plans")
+    parser = argparse.ArgumentParser(
+        prog="rt2-cot", description="RT-2-style VLA runtime with chain-of-thought plans"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_) in COMMANDS.items():
