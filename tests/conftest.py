@@ -15,7 +15,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+# The shared fixtures sit beside the checkout (../shared/fixtures); RT2_FIXTURES points elsewhere.
+SHARED_FIXTURES = Path(os.environ.get("RT2_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
 
 @pytest.fixture(scope="session")
