@@ -19,3 +19,7 @@ class BackendError(Rt2CotError):
 
 class ConfigError(Rt2CotError):
     """A config, prompt template or suite file is missing or malformed."""
+
+
+class SessionError(Rt2CotError):
+    """A session folder is missing, corrupt, locked, or a path points outside the sessions root."""

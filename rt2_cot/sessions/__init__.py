@@ -4,9 +4,10 @@
 `SessionDataset` reads, exports and deletes, `check_session` validates, `list_sessions` lists.
 """
 
+from rt2_cot.errors import SessionError
 from rt2_cot.sessions.check import CheckReport, check_session
 from rt2_cot.sessions.dataset import SessionDataset, delete_session, list_sessions
-from rt2_cot.sessions.layout import SessionError, resolve_session
+from rt2_cot.sessions.layout import resolve_session
 from rt2_cot.sessions.recorder import SessionRecorder, recover, set_grade
 
 __all__ = [

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from rt2_cot.errors import SessionError
 from rt2_cot.sessions import layout as L
-from rt2_cot.sessions.layout import SessionError
 
 TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobot's default tolerance_s
 

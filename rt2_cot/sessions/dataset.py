@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rt2_cot.errors import SessionError
 from rt2_cot.sessions import layout as L
-from rt2_cot.sessions.layout import SessionError
 from rt2_cot.sessions.video import concat, decode_one, decode_range, same_codec
 
 

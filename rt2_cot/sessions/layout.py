@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from rt2_cot.errors import Rt2CotError
+from rt2_cot.errors import SessionError
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -104,10 +104,6 @@ EPISODE_EXTRAS = (
 )
 END_REASONS = ("terminate", "success", "step_limit", "stop", "estop", "error", "crash")
 GRADES = ("pass", "fail")
-
-
-class SessionError(Rt2CotError):
-    """A session folder is missing, corrupt, locked, or a path points outside the sessions root."""
 
 
 # -- paths -----------------------------------------------------------------------------------------

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from rt2_cot.errors import SessionError
 from rt2_cot.loop_events import EpisodeEnded, EpisodeStarted, LoopEvent, StepRecord, StreamEvent
 from rt2_cot.sessions import layout as L
-from rt2_cot.sessions.layout import SessionError
 from rt2_cot.sessions.video import (
     StreamingEncoder,
     concat,

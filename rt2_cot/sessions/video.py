@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rt2_cot.sessions.layout import SessionError
+from rt2_cot.errors import SessionError
 
 
 def rate_of(fps: float) -> Fraction:
