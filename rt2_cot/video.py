@@ -13,6 +13,7 @@ import numpy as np
 
 from rt2_cot.errors import ConfigError
 from rt2_cot.loop_events import EpisodeEnded, EpisodeStarted, LoopEvent, StepRecord
+from rt2_cot.sessions.video import StreamingEncoder
 
 
 class VideoWriter:
@@ -28,43 +29,27 @@ class VideoWriter:
         if not self.path.parent.exists():
             raise ConfigError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         self.fps = fps
-        self._container = None
-        self._stream = None
-        self._size: tuple[int, int] | None = None
-        self.frames = 0
+        self._encoder: StreamingEncoder | None = None
+
+    @property
+    def frames(self) -> int:
+        return self._encoder.frames if self._encoder is not None else 0
 
     def add(self, frame: np.ndarray) -> None:
-        import av
-
         img = np.asarray(frame)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"frames must be HxWx3 uint8 RGB, got {img.shape} {img.dtype}")
-        if self._container is None:
-            h, w = img.shape[:2]
-            self._size = (h + h % 2, w + w % 2)
-            self._container = av.open(str(self.path), mode="w")
-            self._stream = self._container.add_stream("libx264", rate=round(self.fps))
-            self._stream.width, self._stream.height = self._size[1], self._size[0]
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": "20", "preset": "veryfast"}
-        h, w = self._size
-        if img.shape[:2] != (h, w):
-            padded = np.zeros((h, w, 3), np.uint8)
-            hh, ww = min(h, img.shape[0]), min(w, img.shape[1])
-            padded[:hh, :ww] = img[:hh, :ww]
-            img = padded
-        av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-        for packet in self._stream.encode(av_frame):
-            self._container.mux(packet)
-        self.frames += 1
+        if self._encoder is None:
+            # The session recorder's encoder (H.264, yuv420p, even-size padding); a rollout video
+            # wants quality over latency, so a higher-quality preset and sparser keyframes.
+            self._encoder = StreamingEncoder(
+                self.path, self.fps, img.shape[1], img.shape[0], keyframe_s=2.0, crf=20, preset="veryfast"
+            )
+        self._encoder.add(img)
 
     def close(self) -> None:
-        if self._container is None:
-            return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        if self._encoder is not None:
+            self._encoder.close()
 
     def __enter__(self) -> VideoWriter:
         return self
