@@ -37,6 +37,7 @@ class TrainConfig:
     val_episodes_fraction: float = 0.05
     init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
     use_vl: bool = True  # vision-language co-training (ablation: false)
+    grounded_plan: bool = False  # plans say where their objects are (rt2_cot.data.grounding); + pointing questions
     num_hidden_layers: int = 4
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
@@ -63,12 +64,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read training config {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must be a mapping of TrainConfig fields")
+        """Fields from YAML. `base: other.yaml` (relative to this file) starts from another config, so
+        an ablation states only what it changes and otherwise trains exactly like its base."""
+        raw = cls._read(Path(path), seen=())
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(
@@ -78,6 +76,22 @@ class TrainConfig:
         if cfg.init not in ("pretrained", "random"):
             raise ConfigError(f"{path}: init must be 'pretrained' or 'random', got {cfg.init!r}")
         return cfg
+
+    @staticmethod
+    def _read(path: Path, seen: tuple) -> dict:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must be a mapping of TrainConfig fields")
+        base = raw.pop("base", None)
+        if base is None:
+            return raw
+        base_path = (path.parent / str(base)).resolve()
+        if base_path in seen:
+            raise ConfigError(f"{path}: `base` chain loops back to {base_path}")
+        return {**TrainConfig._read(base_path, (*seen, base_path)), **raw}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +286,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     tokenizer = load_tokenizer()
-    data = RobotData([Path(p) for p in cfg.data], tokenizer)
+    data = RobotData([Path(p) for p in cfg.data], tokenizer, grounded=cfg.grounded_plan)
     if not cfg.use_vl:
         data.vl = []
     state_path = out / "state.pt"
@@ -281,7 +295,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     model = build_model(cfg, output_ids)
     data.load_features(model)
     if cfg.val_data:
-        val = RobotData([Path(p) for p in cfg.val_data], tokenizer)
+        val = RobotData([Path(p) for p in cfg.val_data], tokenizer, grounded=cfg.grounded_plan)
         val.load_features(model)
     else:
         train_frames, val_frames = split_validation(data, cfg.val_episodes_fraction, cfg.seed)

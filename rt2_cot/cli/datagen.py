@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--episodes-per-shard", type=int, default=50)
     parser.add_argument("--max-steps", type=int, default=80, help="cap on steps per episode")
+    parser.add_argument(
+        "--noisy-episodes",
+        type=float,
+        default=0.5,
+        help="fraction of episodes whose executed steps are sometimes jittered (labels stay the oracle's; DART)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,11 +32,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError("--episodes must be at least 1")
+    if not 0.0 <= args.noisy_episodes <= 1.0:
+        raise ConfigError("--noisy-episodes is a fraction between 0 and 1")
     cfg = DatagenConfig(
         episodes=args.episodes,
         seed=args.seed,
         episodes_per_shard=args.episodes_per_shard,
         max_steps=args.max_steps,
+        noisy_episodes=args.noisy_episodes,
     )
     totals = generate(args.out, cfg)
     print(json.dumps({"out": str(args.out), **totals}), file=sys.stdout)

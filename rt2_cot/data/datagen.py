@@ -24,6 +24,7 @@ from loguru import logger
 from robot_io.errors import RobotIOError
 from rt2_cot.action_codec import ActionCodec
 from rt2_cot.data import format as fmt
+from rt2_cot.data.grounding import ground_plan, pointing_questions, scene_points
 from rt2_cot.model.processing_rt2_cot_mini import resize_image
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -45,6 +46,13 @@ class DatagenConfig:
     episodes_per_shard: int = 50
     vl_frames_per_episode: int = 3  # frames per episode that get questions (the first always does)
     keep_failed: bool = False
+    # DART-style noise injection (Laskey et al., 2017): in this fraction of episodes, some executed
+    # steps are the oracle's command plus Gaussian noise on the translation, while the recorded label
+    # stays the oracle's clean command. The data then shows how to get back on track from states a
+    # learned policy drifts into, which pure oracle rollouts never visit.
+    noisy_episodes: float = 0.5
+    noise_step_prob: float = 0.3
+    noise_std_m: float = 0.015
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,24 +174,42 @@ def _scene_state(sim) -> tuple[list, list]:
     return list(objects or []), list(tiles or [])
 
 
+def _perturbed(command, rng: np.random.Generator, std_m: float):
+    """The command with its translation jittered (gripper and terminate untouched), within the step limit."""
+    from dataclasses import replace
+
+    from robot_io.sim.oracle import MAX_STEP_M
+
+    delta = np.asarray(command.delta_xyz_m, float) + rng.normal(0.0, std_m, 3)
+    delta = np.clip(delta, -MAX_STEP_M, MAX_STEP_M)
+    return replace(command, delta_xyz_m=tuple(float(v) for v in delta))
+
+
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) -> dict:
     sim.reset(task, seed=seed)
+    noise_rng = np.random.default_rng([seed, 7])
+    noisy = noise_rng.random() < cfg.noisy_episodes
     objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
-    images, actions, plans = [], [], []
+    images, actions, plans, points = [], [], [], []
     for _ in range(cfg.max_steps):
         frame = sim.render(cfg.render_width, cfg.render_height)
         command, plan = sim.oracle()
         images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
         actions.append(codec.encode(command))
         plans.append(plan or task.plan)
+        points.append(scene_points(sim, cfg.render_width, cfg.render_height))
         if command.terminate:
             break
+        if noisy and noise_rng.random() < cfg.noise_step_prob:
+            command = _perturbed(command, noise_rng, cfg.noise_std_m)
         sim.apply(command)
     return {
         "images": images,
         "actions": actions,
         "plans": plans,
+        "points": points,
         "success": bool(sim.success()),
+        "noisy": bool(noisy),
         "objects": objects,
         "tiles": tiles,
     }
@@ -232,19 +258,33 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                     "seed": ep_seed,
                     "steps": len(result["images"]),
                     "success": result["success"],
+                    "noisy": result["noisy"],
                     "split": "train",
                 }
             )
-            for s, (img, act, plan) in enumerate(
-                zip(result["images"], result["actions"], result["plans"], strict=True)
+            for s, (img, act, plan, pts) in enumerate(
+                zip(result["images"], result["actions"], result["plans"], result["points"], strict=True)
             ):
                 images.append(img)
                 actions.append(act)
                 episode_ids.append(ep_id)
-                frames.append({"episode": ep_id, "step": s, "instruction": task.instruction, "plan": plan})
-            vl.extend(
-                _episode_questions(result["objects"], result["tiles"], base, len(result["images"]), cfg, rng)
+                grounded = ground_plan(plan, task.target, task.reference, pts, task.tiles)
+                frames.append(
+                    {
+                        "episode": ep_id,
+                        "step": s,
+                        "instruction": task.instruction,
+                        "plan": plan,
+                        "grounded_plan": grounded,
+                        "points": pts,
+                    }
+                )
+            questions = _episode_questions(
+                result["objects"], result["tiles"], base, len(result["images"]), cfg, rng
             )
+            vl.extend(questions)
+            for f in sorted({q["frame"] for q in questions}):
+                vl.extend(pointing_questions(result["points"][f - base], f, rng))
         vl.extend(
             {"frame": int(rng.integers(len(images))), "question": q, "answer": a, "kind": kd}
             for q, a, kd in text_questions(rng, max(1, len(episodes) * 2))

@@ -59,7 +59,11 @@ def action_roles(target_ids: list[int], n_action: int) -> list[int]:
 class RobotData:
     """All shards of one or more data folders, in memory, with cached backbone features."""
 
-    def __init__(self, folders: list[Path], tokenizer, splits: tuple[str, ...] = ("train",)) -> None:
+    def __init__(
+        self, folders: list[Path], tokenizer, splits: tuple[str, ...] = ("train",), grounded: bool = False
+    ) -> None:
+        """`grounded`: train on plans that locate their objects and include pointing questions
+        (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions."""
         self.text = TextCache(tokenizer)
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
@@ -74,15 +78,20 @@ class RobotData:
                 self.frames.append(
                     {
                         "instruction": fr.get("instruction", ep["instruction"]),
-                        "plan": fr["plan"],
+                        "plan": fr.get("grounded_plan", fr["plan"]) if grounded else fr["plan"],
                         "action": shard.actions[i].tolist(),
                         "episode": f"{shard.path.stem}/{fr['episode']}",
-                        "split": ep.get("split", "train"),
+                        # A frame whose replay could not be grounded is left out of grounded training.
+                        "split": ep.get("split", "train")
+                        if not grounded or "grounded_plan" in fr
+                        else "ungrounded",
                         "family": ep.get("family", ""),
                         "step": fr["step"],
                     }
                 )
             for q in shard.meta.get("vl", []):
+                if q.get("kind") == "pointing" and not grounded:
+                    continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
         keep = {i for i, f in enumerate(self.frames) if f["split"] in splits}
         self.robot_frames = np.array(sorted(keep), dtype=np.int64)

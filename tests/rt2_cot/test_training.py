@@ -50,3 +50,27 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert (out / "loss.png").stat().st_size > 1000
     assert (out / "checkpoint" / "model.safetensors").exists()
     assert "val_xyz_bin_mae" in second["final"]
+
+
+def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say(tmp_path):
+    from dataclasses import asdict
+
+    from rt2_cot.errors import ConfigError
+    from rt2_cot.training import TrainConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    default = asdict(TrainConfig.from_yaml(configs / "default.yaml"))
+    changed = {
+        "ablation_random_init.yaml": {"init"},
+        "ablation_no_vl.yaml": {"use_vl", "vl_fraction"},
+        "ablation_ungrounded.yaml": {"grounded_plan"},
+    }
+    for name, keys in changed.items():
+        cfg = asdict(TrainConfig.from_yaml(configs / name))
+        assert {k for k in cfg if cfg[k] != default[k]} == keys, name
+    TrainConfig.from_yaml(configs / "smoke.yaml")
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        TrainConfig.from_yaml(tmp_path / "a.yaml")

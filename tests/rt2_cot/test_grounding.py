@@ -1,0 +1,118 @@
+"""Grounded plans: object locations written into the plan, pointing questions, and the backfill."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from rt2_cot.data.grounding import GRIPPER, ground_plan, pointing_questions, strip_grounding
+
+POINTS = {GRIPPER: [128, 78], "apple": [30, 41], "red ball": [200, 97], "grey rock": [90, 120], "7": [64, 150]}
+
+
+def test_ground_plan_places_each_location_after_its_object():
+    assert (
+        ground_plan("move the apple near the red ball", "apple", "red ball", POINTS)
+        == "move the apple at 30 41 near the red ball at 200 97"
+    )
+    # Natural kinds are named without their colour; number tiles as "number 7".
+    assert ground_plan("pick up the rock.", "grey rock", "", POINTS) == "pick up the rock at 90 120"
+    assert (
+        ground_plan("place the apple on the number 7", "apple", "7", POINTS, tiles=["7"])
+        == "place the apple at 30 41 on the number 7 at 64 150"
+    )
+
+
+def test_ground_plan_leaves_out_what_the_plan_does_not_mention():
+    # "closest to" tasks have a reference the plan never names.
+    assert ground_plan("pick up the apple", "apple", "red ball", POINTS) == "pick up the apple at 30 41"
+    assert ground_plan("pick up the pear", "pear", "", POINTS) == "pick up the pear"
+
+
+def test_strip_grounding_inverts_ground_plan():
+    plan = "move the apple near the red ball"
+    assert strip_grounding(ground_plan(plan, "apple", "red ball", POINTS)) == plan
+    assert strip_grounding("place it at the number 7") == "place it at the number 7"
+
+
+def test_pointing_questions_always_ask_for_the_gripper():
+    qs = pointing_questions(POINTS, frame=3, rng=np.random.default_rng(0), k=3)
+    assert qs[0] == {"frame": 3, "question": "where is the gripper", "answer": "128 78", "kind": "pointing"}
+    assert len(qs) == 3 and len({q["question"] for q in qs}) == 3
+    for q in qs:
+        x, y = (int(v) for v in q["answer"].split())
+        assert 0 <= x < 256 and 0 <= y < 256
+    assert any(q["question"] == "where is the number 7" for q in pointing_questions(POINTS, 0, np.random.default_rng(1), k=5))
+
+
+mujoco = pytest.importorskip("mujoco")
+
+
+def test_scene_points_follow_the_gripper_and_the_projection():
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.grounding import scene_points
+
+    sim = TabletopSim()
+    sim.reset(sample_task(np.random.default_rng(2), family="pick"), seed=5)
+    before = scene_points(sim, 320, 240)
+    u, v = sim.pixel_of(sim.task.target, 320, 240)
+    assert before[sim.task.target] == [int(u / 320 * 256), int(v / 240 * 256)]
+    for _ in range(4):  # the oracle moves the gripper toward the target
+        command, _ = sim.oracle()
+        sim.apply(command)
+    after = scene_points(sim, 320, 240)
+    assert after[GRIPPER] != before[GRIPPER]
+    assert after[sim.task.target] == before[sim.task.target]  # objects stay put until grasped
+    gap = lambda p: abs(p[GRIPPER][0] - p[sim.task.target][0])  # noqa: E731
+    assert gap(after) < gap(before) or gap(before) < 4
+
+
+def test_datagen_records_grounded_plans_and_backfill_reproduces_them(tmp_path):
+    """Points written by datagen equal those a replay of the recorded episode computes."""
+    from rt2_cot.data import format as fmt
+    from rt2_cot.data.datagen import DatagenConfig, generate
+    from rt2_cot.data.grounding import add_grounding
+
+    generate(tmp_path / "new", DatagenConfig(episodes=3, seed=11, episodes_per_shard=3, noisy_episodes=0.0))
+    path = fmt.shard_paths(tmp_path / "new")[0]
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for fr, ep_task in ((f, meta["episodes"][f["episode"]]["task"]) for f in meta["frames"]):
+        assert f" at {fr['points'][ep_task['target']][0]} " in fr["grounded_plan"]
+        assert strip_grounding(fr["grounded_plan"]) == fr["plan"].rstrip(".")
+    assert any(q["kind"] == "pointing" for q in meta["vl"])
+
+    # An old shard: same episodes without the grounding fields; the backfill restores them exactly.
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(path, old / path.name)
+    stripped = dict(meta)
+    stripped["frames"] = [{k: v for k, v in f.items() if k not in ("points", "grounded_plan")} for f in meta["frames"]]
+    stripped["vl"] = [q for q in meta["vl"] if q["kind"] != "pointing"]
+    (old / path.with_suffix(".json").name).write_text(json.dumps(stripped))
+    totals = add_grounding(old)
+    assert totals["diverged_episodes"] == 0 and totals["frames"] == len(meta["frames"])
+    redone = json.loads((old / path.with_suffix(".json").name).read_text())
+    assert [f["grounded_plan"] for f in redone["frames"]] == [f["grounded_plan"] for f in meta["frames"]]
+    assert [f["points"] for f in redone["frames"]] == [f["points"] for f in meta["frames"]]
+    assert add_grounding(old)["skipped_shards"] == 1  # idempotent
+
+
+def test_noisy_episodes_keep_clean_oracle_labels(tmp_path):
+    """DART: executed steps are jittered, recorded actions are the oracle's for the state reached."""
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.action_codec import ActionCodec
+    from rt2_cot.data.datagen import DatagenConfig, run_episode
+
+    sim, codec = TabletopSim(), ActionCodec()
+    task = sample_task(np.random.default_rng(4), family="pick")
+    clean = run_episode(sim, task, 17, DatagenConfig(episodes=1, noisy_episodes=0.0), codec)
+    noisy = run_episode(sim, task, 17, DatagenConfig(episodes=1, noisy_episodes=1.0, noise_step_prob=1.0), codec)
+    assert noisy["noisy"] and not clean["noisy"] and clean["success"]
+    # The first frame is the same state; afterwards the noisy rollout visits other states.
+    assert clean["actions"][0] == noisy["actions"][0]
+    assert clean["points"][3][GRIPPER] != noisy["points"][3][GRIPPER]
