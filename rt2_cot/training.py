@@ -37,7 +37,9 @@ class TrainConfig:
     val_episodes_fraction: float = 0.05
     init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
     use_vl: bool = True  # vision-language co-training (ablation: false)
-    grounded_plan: bool = False  # plans say where their objects are (rt2_cot.data.grounding); + pointing questions
+    grounded_plan: bool = (
+        False  # plans say where their objects are (rt2_cot.data.grounding); + pointing questions
+    )
     num_hidden_layers: int = 4
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes

@@ -100,7 +100,9 @@ def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: in
     for name in chosen:
         label = f"number {name}" if name.isdigit() else name
         x, y = points[name]
-        out.append({"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"})
+        out.append(
+            {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
+        )
     return out
 
 
@@ -169,7 +171,9 @@ def add_grounding(folder: Path, pointing_per_frame: int = 2, seed: int = 0) -> d
             for i, pts in zip(idx, points, strict=True):
                 fr = meta["frames"][i]
                 fr["points"] = pts
-                fr["grounded_plan"] = ground_plan(fr["plan"], task["target"], task["reference"], pts, task["tiles"])
+                fr["grounded_plan"] = ground_plan(
+                    fr["plan"], task["target"], task["reference"], pts, task["tiles"]
+                )
         asked = sorted({int(q["frame"]) for q in meta["vl"] if keep[int(q["frame"])]})
         meta["vl"] = [q for q in meta["vl"] if q.get("kind") != "pointing"]
         for f in asked:

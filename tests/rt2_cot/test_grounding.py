@@ -10,7 +10,13 @@ import pytest
 
 from rt2_cot.data.grounding import GRIPPER, ground_plan, pointing_questions, strip_grounding
 
-POINTS = {GRIPPER: [128, 78], "apple": [30, 41], "red ball": [200, 97], "grey rock": [90, 120], "7": [64, 150]}
+POINTS = {
+    GRIPPER: [128, 78],
+    "apple": [30, 41],
+    "red ball": [200, 97],
+    "grey rock": [90, 120],
+    "7": [64, 150],
+}
 
 
 def test_ground_plan_places_each_location_after_its_object():
@@ -45,7 +51,10 @@ def test_pointing_questions_always_ask_for_the_gripper():
     for q in qs:
         x, y = (int(v) for v in q["answer"].split())
         assert 0 <= x < 256 and 0 <= y < 256
-    assert any(q["question"] == "where is the number 7" for q in pointing_questions(POINTS, 0, np.random.default_rng(1), k=5))
+    assert any(
+        q["question"] == "where is the number 7"
+        for q in pointing_questions(POINTS, 0, np.random.default_rng(1), k=5)
+    )
 
 
 mujoco = pytest.importorskip("mujoco")
@@ -90,7 +99,9 @@ def test_datagen_records_grounded_plans_and_backfill_reproduces_them(tmp_path):
     old.mkdir()
     shutil.copy(path, old / path.name)
     stripped = dict(meta)
-    stripped["frames"] = [{k: v for k, v in f.items() if k not in ("points", "grounded_plan")} for f in meta["frames"]]
+    stripped["frames"] = [
+        {k: v for k, v in f.items() if k not in ("points", "grounded_plan")} for f in meta["frames"]
+    ]
     stripped["vl"] = [q for q in meta["vl"] if q["kind"] != "pointing"]
     (old / path.with_suffix(".json").name).write_text(json.dumps(stripped))
     totals = add_grounding(old)
@@ -111,7 +122,9 @@ def test_noisy_episodes_keep_clean_oracle_labels(tmp_path):
     sim, codec = TabletopSim(), ActionCodec()
     task = sample_task(np.random.default_rng(4), family="pick")
     clean = run_episode(sim, task, 17, DatagenConfig(episodes=1, noisy_episodes=0.0), codec)
-    noisy = run_episode(sim, task, 17, DatagenConfig(episodes=1, noisy_episodes=1.0, noise_step_prob=1.0), codec)
+    noisy = run_episode(
+        sim, task, 17, DatagenConfig(episodes=1, noisy_episodes=1.0, noise_step_prob=1.0), codec
+    )
     assert noisy["noisy"] and not clean["noisy"] and clean["success"]
     # The first frame is the same state; afterwards the noisy rollout visits other states.
     assert clean["actions"][0] == noisy["actions"][0]
