@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import threading
 import time
@@ -463,9 +464,12 @@ def _norm_words(text: str) -> list[str]:
 def plan_names_object(plan: str, expected: str | Sequence[str]) -> bool:
     """Does `plan` name the expected object? True when any alternative appears in the plan as a
     contiguous phrase after normalisation (case, punctuation, plurals, number words, filler words
-    like 'the'), e.g. 'Plan: pick up the Red blocks.' names 'red block'."""
+    like 'the'), e.g. 'Plan: pick up the Red blocks.' names 'red block'. Image points of a grounded
+    plan ('at 30 41') are not words: they never name the number tile '3'."""
+    from rt2_cot.data.grounding import strip_grounding
+
     alternatives = [expected] if isinstance(expected, str) else list(expected)
-    words = [w for w in _norm_words(plan) if w not in _FILLER]
+    words = [w for w in _norm_words(strip_grounding(plan)) if w not in _FILLER]
     for alt in alternatives:
         target = [w for w in _norm_words(alt) if w not in _FILLER]
         if not target:
@@ -474,6 +478,29 @@ def plan_names_object(plan: str, expected: str | Sequence[str]) -> bool:
         if any(words[i : i + n] == target for i in range(len(words) - n + 1)):
             return True
     return False
+
+
+_PLAN_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})\b")
+
+
+def _image_point(sim: Any, name: str) -> tuple[float, float] | None:
+    """Where `name` is in the camera image, in the 0..255 units grounded plans use."""
+    try:
+        from rt2_cot.data.grounding import scene_points
+
+        width, height = sim.config.width, sim.config.height
+        point = scene_points(sim, width, height).get(name)
+    except Exception:  # a rig without projection (not the MuJoCo tabletop): no grounding metric
+        return None
+    return None if point is None else (float(point[0]), float(point[1]))
+
+
+def _point_error(plan: str, true_point: tuple[float, float] | None) -> float | None:
+    """Distance from the plan's first image point to the true one; None when either is missing."""
+    m = _PLAN_POINT.search(plan or "")
+    if m is None or true_point is None:
+        return None
+    return round(math.hypot(int(m.group(1)) - true_point[0], int(m.group(2)) - true_point[1]), 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,6 +528,9 @@ class EpisodeResult:
     plan_step_accuracy: float
     mean_step_ms: float = 0.0
     ttft_ms: float | None = None
+    # Grounded plans ("pick up the apple at 30 41"): distance from the plan's first point to the
+    # target's true image position at the start, in the plan's 0..255 units. None: no point given.
+    plan_point_error: float | None = None
     grade: bool | None = None
     note: str = ""
     error: str = ""
@@ -540,6 +570,9 @@ def _summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "valid_action_rate": _rate(sum(r.valid_steps for r in results), steps),
         "mean_steps": _rate(steps, len(results)),
         "mean_step_ms": _rate(sum(r.mean_step_ms * r.steps for r in results), steps),
+        "plan_point_error": _rate(sum(errors), len(errors))
+        if (errors := [r.plan_point_error for r in results if r.plan_point_error is not None])
+        else None,
     }
 
 
@@ -688,6 +721,7 @@ class EvalReport:
             "steps",
             "valid_steps",
             "plan_step_accuracy",
+            "plan_point_error",
             "mean_step_ms",
             "ttft_ms",
             "error",
@@ -721,7 +755,12 @@ class EvalReport:
             f"- episodes: {s['episodes']} ({s['graded']} graded), {s['mean_steps'] or 0:.1f} steps and "
             f"{s['mean_step_ms'] or 0:.0f} ms a step on average",
             f"- **success: {_pct(s['success_rate'])}**, plan accuracy: {_pct(s['plan_accuracy'])}, "
-            f"valid actions: {_pct(s['valid_action_rate'])}",
+            f"valid actions: {_pct(s['valid_action_rate'])}"
+            + (
+                f", plan points {s['plan_point_error']:.1f} units (of 256) from the target"
+                if s.get("plan_point_error") is not None
+                else ""
+            ),
             "",
             "## By category",
             "",
@@ -1055,8 +1094,10 @@ class SuiteRun:
             self.on_case_start(case, episode)
             if self._stop.is_set():  # stopped while the operator was setting the scene up
                 return None
+        target_point = None
         if not self.manual:
             sim.reset(tasks[case.id], seed=scene_seed)
+            target_point = _image_point(sim, tasks[case.id].target)
             # A watchdog hold latches the sim arm until it is homed; every episode starts fresh.
             home = getattr(arm, "home", None)
             if home is not None:
@@ -1110,6 +1151,7 @@ class SuiteRun:
             plan=first_plan,
             plan_correct=plan_names_object(first_plan, case.expected_plan_object),
             plan_step_accuracy=round(step_acc, 4),
+            plan_point_error=_point_error(first_plan, target_point),
             mean_step_ms=round(sum(collector.step_ms) / len(collector.step_ms), 2)
             if collector.step_ms
             else 0.0,

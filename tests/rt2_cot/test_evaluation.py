@@ -45,6 +45,8 @@ SMOKE = REPO / "prompts" / "suites" / "smoke.yaml"
         ("place the red ball on the number 13", "number 3", False),
         ("", "red block", False),
         ("pick up the drink", "red can", False),
+        ("place the red ball at 40 50 on the number 3 at 3 100", "number 3", True),
+        ("pick up the red can at 3 12", "3", False),  # image points are not number words
     ],
 )
 def test_plan_names_object_matches_meaning_not_spelling(plan, expected, names_it):
@@ -99,6 +101,7 @@ def test_report_numbers_per_run_category_and_split():
         "valid_action_rate": 1.0,
         "mean_steps": 10.0,
         "mean_step_ms": 0.0,
+        "plan_point_error": None,
     }
     assert d["by_category"]["reasoning"]["success_rate"] == 0.0
     assert d["by_split"]["heldout_phrasing"]["episodes"] == 1
@@ -261,6 +264,46 @@ def test_a_policy_that_holds_still_scores_nothing(rig):
     assert s["plan_accuracy"] == 0.0
     assert s["valid_action_rate"] == 1.0
     assert all(r.end_reason == "step_limit" and r.steps == 12 for r in report.results)
+
+
+class PointsAt:
+    """Holds still with a grounded plan that points `offset` units right of the target's true spot."""
+
+    name = "points-at"
+
+    def __init__(self, sim, offset: int):
+        self.sim, self.offset = sim, offset
+
+    def reset(self, instruction: str) -> None:
+        from rt2_cot.data.grounding import scene_points
+
+        self.point = scene_points(self.sim, 320, 240)[self.sim.task.target]
+
+    def step(self, observation, on_event=None) -> PolicyOutput:
+        x, y = self.point[0] + self.offset, self.point[1]
+        cmd = EndEffectorCommand.hold(observation.arm.gripper)
+        plan = f"pick up the {self.sim.task.target} at {x} {y}"
+        return PolicyOutput(command=cmd, tokens=(0, 128, 128, 128, 128, 128, 128, 255), plan=plan)
+
+
+@pytest.mark.parametrize("offset", [0, 12])
+def test_plan_point_error_measures_how_far_a_grounded_plan_points_from_the_target(rig, offset):
+    report = run_suite(
+        load_suite(SMOKE),
+        lambda sim: PointsAt(sim, offset),
+        seed=0,
+        max_steps=2,
+        rig=rig,
+        shield=_shield(rig[1]),
+    )
+    assert all(r.plan_point_error == pytest.approx(offset, abs=1.5) for r in report.results)
+    assert report.summary()["plan_point_error"] == pytest.approx(offset, abs=1.5)
+    assert "units (of 256) from the target" in report.to_markdown()
+    # Plans without points (RT-2's plain plans) have no grounding error rather than a zero one.
+    plain = run_suite(
+        load_suite(SMOKE), lambda sim: HoldStill(), seed=0, max_steps=2, rig=rig, shield=_shield(rig[1])
+    )
+    assert plain.summary()["plan_point_error"] is None
 
 
 def test_unparseable_output_moves_nothing_and_counts_as_invalid(rig):
