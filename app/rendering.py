@@ -7,6 +7,7 @@ unit-tested against hand-computed projections.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -173,6 +174,33 @@ def draw_action(
     )
     if command.terminate:
         cv2.putText(img, "TERMINATE", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 80, 80), 2, cv2.LINE_AA)
+    return img
+
+
+_PLAN_POINT = re.compile(r"(?:the\s+)?([a-z][a-z ]*?|number \d+)\s+at\s+(\d{1,3})\s+(\d{1,3})\b")
+
+
+def plan_points(plan: str) -> list[tuple[str, int, int]]:
+    """(name, x, y) for every located object of a grounded plan, in its 0..255 image units:
+    'move the apple at 30 41 near the red ball at 200 97' -> [('apple', 30, 41), ('red ball', 200, 97)]."""
+    out = []
+    for m in _PLAN_POINT.finditer((plan or "").lower()):
+        name = m.group(1).strip()
+        for lead in ("pick up the ", "move the ", "place the ", "near the ", "on the ", "the "):
+            name = name.split(lead)[-1]
+        out.append((name, int(m.group(2)), int(m.group(3))))
+    return out
+
+
+def draw_plan_points(img: np.ndarray, plan: str) -> np.ndarray:
+    """Mark where a grounded plan says its objects are: a ring and the object's name (in place)."""
+    h, w = img.shape[:2]
+    for name, x, y in plan_points(plan):
+        u, v = round((x + 0.5) * w / 256), round((y + 0.5) * h / 256)
+        cv2.circle(img, (u, v), 9, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.circle(img, (u, v), 9, (0, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(img, name, (u + 11, v + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, name, (u + 11, v + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 255), 1, cv2.LINE_AA)
     return img
 
 

@@ -631,6 +631,8 @@ class ConsoleRuntime:
         command = overlay[1] if overlay is not None and self.busy else None
         ee = np.asarray(arm_state.ee_xyz_m, float) if arm_state is not None else None
         left = rendering.draw_action(color, frame.intrinsics, self.camera_pose, ee, command)
+        if command is not None and self._state.plan:
+            rendering.draw_plan_points(left, self._state.plan)  # a grounded plan's object locations
         depth_m = frame.depth_m()
         if depth_m is not None and self._depth_range is None:
             self._depth_range = rendering.depth_range(depth_m)
