@@ -54,6 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     vl_fraction: float = 0.25
     plain_fraction: float = 0.1
+    stale_plan_fraction: float = 0.0  # robot examples whose plan is 1-4 steps old, as plan reuse feeds it
     action_sigma_bins: float = 3.0
     action_aux_weight: float = 1.0
     hidden_dropout: float = 0.1
@@ -332,7 +333,13 @@ def train(cfg: TrainConfig, out: Path) -> dict:
 
     while run_progress(step, elapsed(), cfg) < 1.0:
         rng = np.random.default_rng([cfg.seed, step])  # deterministic per step, so resuming is exact
-        batch = data.sample(rng, cfg.batch_size, cfg.vl_fraction if data.vl else 0.0, cfg.plain_fraction)
+        batch = data.sample(
+            rng,
+            cfg.batch_size,
+            cfg.vl_fraction if data.vl else 0.0,
+            cfg.plain_fraction,
+            cfg.stale_plan_fraction,
+        )
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, run_progress(step, elapsed(), cfg), cfg)
         loss, parts = compute_loss(model, batch, targets, cfg)

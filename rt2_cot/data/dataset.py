@@ -121,16 +121,27 @@ class RobotData:
         return FrozenEfficientNetLite0.combine(fine, coarse, self.space_to_depth)
 
     # -- examples ---------------------------------------------------------------------------------
-    def robot_example(self, frame: int, plain: bool) -> Example:
+    def robot_example(self, frame: int, plain: bool, plan_age: int = 0) -> Example:
+        """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
+        it at inference), with this frame's image and action."""
         f = self.frames[frame]
+        earlier = frame
+        while plan_age > 0 and earlier > 0 and self.frames[earlier - 1]["episode"] == f["episode"]:
+            earlier, plan_age = earlier - 1, plan_age - 1
+        plan = self.frames[earlier]["plan"]
+        given: list[int] = []
         if plain:
             prompt, target = fmt.plain_prompt(f["instruction"]), fmt.plain_target(f["action"])
+        elif earlier != frame:
+            # A reused plan is given text, not something to learn to write: it joins the prompt.
+            prompt, target = fmt.cot_prompt(f["instruction"]), fmt.plain_target(f["action"])
+            given = self.text(fmt.cot_target(plan, []).rstrip())
         else:
-            prompt, target = fmt.cot_prompt(f["instruction"]), fmt.cot_target(f["plan"], f["action"])
+            prompt, target = fmt.cot_prompt(f["instruction"]), fmt.cot_target(plan, f["action"])
         t = self.text(target)
         return Example(
             frame,
-            [BOS_TOKEN_ID, *self.text(prompt)],
+            [BOS_TOKEN_ID, *self.text(prompt), *given],
             [*t, EOS_TOKEN_ID],
             action_roles(t, 8),
             "plain" if plain else "cot",
@@ -148,7 +159,13 @@ class RobotData:
         )
 
     def sample(
-        self, rng: np.random.Generator, batch_size: int, vl_fraction: float, plain_fraction: float
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        vl_fraction: float,
+        plain_fraction: float,
+        stale_plan_fraction: float = 0.0,
+        max_plan_age: int = 4,
     ) -> Batch:
         examples = []
         for _ in range(batch_size):
@@ -156,7 +173,10 @@ class RobotData:
                 examples.append(self.vl_example(int(rng.integers(len(self.vl)))))
             else:
                 frame = int(self.robot_frames[rng.integers(len(self.robot_frames))])
-                examples.append(self.robot_example(frame, plain=bool(rng.random() < plain_fraction)))
+                age = int(rng.integers(1, max_plan_age + 1)) if rng.random() < stale_plan_fraction else 0
+                examples.append(
+                    self.robot_example(frame, plain=bool(rng.random() < plain_fraction), plan_age=age)
+                )
         return self.collate(examples)
 
     def collate(self, examples: list[Example]) -> Batch:

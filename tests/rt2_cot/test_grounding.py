@@ -129,3 +129,24 @@ def test_noisy_episodes_keep_clean_oracle_labels(tmp_path):
     # The first frame is the same state; afterwards the noisy rollout visits other states.
     assert clean["actions"][0] == noisy["actions"][0]
     assert clean["points"][3][GRIPPER] != noisy["points"][3][GRIPPER]
+
+
+def test_stale_plan_examples_give_the_old_plan_as_prompt_text(tmp_path):
+    """Plan-reuse training examples: an earlier frame's plan is prompt text, only the action is learned."""
+    from rt2_cot.data.datagen import DatagenConfig, generate
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+    from rt2_cot.prompts import build_prompt
+
+    generate(tmp_path, DatagenConfig(episodes=1, seed=5, noisy_episodes=0.0))
+    tok = load_tokenizer()
+    data = RobotData([tmp_path], tok, grounded=True)
+    fresh, stale = data.robot_example(4, plain=False), data.robot_example(4, plain=False, plan_age=3)
+    old_plan = data.frames[1]["plan"]
+    assert tok.decode(stale.prompt[1:]) == tok.decode(
+        tok(build_prompt("cot", data.frames[4]["instruction"], old_plan))["input_ids"][1:-1]
+    )
+    assert stale.target == fresh.target[-9:]  # the same eight action tokens and end, nothing else
+    assert stale.roles == [*range(8), -1]
+    # At the start of an episode there is no older plan: the example is an ordinary one.
+    assert data.robot_example(0, plain=False, plan_age=3) == data.robot_example(0, plain=False)
