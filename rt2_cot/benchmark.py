@@ -62,6 +62,9 @@ class BenchResult:
     speedup_cot_vs_naive: float | None = None
     speedup_reuse_vs_naive: float | None = None
     valid_action_fraction: float = 0.0
+    # Steps where the fast path's plan-every-step output (plan and 8 tokens) equals generate()'s on
+    # the same frame: the speed-ups are only worth something if this stays at 1.0.
+    same_output_as_naive: float | None = None
     draft_acceptance: float | None = None
     steps: int = 0
     replan_every: int = 10
@@ -243,6 +246,7 @@ def run_benchmark(
     gen_ms = 0.0
     valid = 0
     drafted = accepted = 0
+    same = 0
     logger.info("bench: {} steps (+{} warm-up) of {!r} on {}", steps, warmup, instruction, weights)
     for step in range(warmup + steps):
         t0 = time.perf_counter()
@@ -263,6 +267,9 @@ def run_benchmark(
             if cot.ttft_ms is not None:
                 ttft.append(cot.ttft_ms)
             valid += cot.command is not None
+            if "naive" in outputs:
+                ref = outputs["naive"]
+                same += (cot.plan, cot.tokens) == (ref.plan, ref.tokens)
             stats = getattr(fast, "last_stats", None)
             if stats is not None:
                 tokens += len(stats.generated_ids)
@@ -305,6 +312,7 @@ def run_benchmark(
         sim_ms_p50=_percentile(sim_ms, 50),
         speedup_cot_vs_naive=cot_hz / naive_hz if naive_hz else None,
         speedup_reuse_vs_naive=reuse_hz / naive_hz if naive_hz else None,
+        same_output_as_naive=same / steps if "naive" in lat and steps else None,
         valid_action_fraction=valid / steps,
         draft_acceptance=(accepted / drafted) if drafted and drafts else None,
         steps=steps,

@@ -90,6 +90,25 @@ class FrozenEfficientNetLite0(nn.Module):
     def forward(self, pixel_values: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
         return self.combine(*self.maps(pixel_values), space_to_depth)
 
+    def fused_for_inference(self) -> FrozenEfficientNetLite0:
+        """A copy with every BatchNorm folded into the convolution before it (same function up to
+        float rounding, ~1/3 fewer passes over the feature maps); the control loop's encoder."""
+        import copy
+
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        fused = copy.deepcopy(self).eval()
+        net = fused.net
+        pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+        for block in net._blocks:
+            if hasattr(block, "_expand_conv"):
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        for owner, conv, bn in pairs:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+        return fused
+
 
 class ImageProjector(nn.Module):
     """Trainable: frozen features -> LM width, plus learned row/column embeddings (2-D position)."""

@@ -65,6 +65,8 @@ def test_all_three_paths_measured_with_valid_actions(data):
     assert 100 < data["rss_mb"] < 8000
     assert data["sim_ms_p50"] > 0  # the simulator really rendered and stepped
     assert data["steps"] == 3 and data["replan_every"] == 2
+    # The fast path is a faster way to the same answer: plan and tokens equal generate()'s.
+    assert data["same_output_as_naive"] == 1.0
 
 
 def test_cli_bad_model_is_one_line():
