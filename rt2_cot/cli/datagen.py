@@ -12,7 +12,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for the shards (created; existing shards are kept)"
     )
-    parser.add_argument("--episodes", type=int, required=True, help="number of oracle episodes to run")
+    parser.add_argument("--episodes", type=int, help="number of oracle episodes to run")
+    parser.add_argument(
+        "--add-grounding",
+        action="store_true",
+        help="instead of generating: add grounded plans and pointing questions to shards in --out written "
+        "before datagen recorded them (replays each episode without rendering)",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed; run several seeds in parallel into one folder"
     )
@@ -30,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from rt2_cot.data.datagen import DatagenConfig, generate
     from rt2_cot.errors import ConfigError
 
-    if args.episodes < 1:
+    if args.add_grounding:
+        from rt2_cot.data.grounding import add_grounding
+
+        print(json.dumps({"out": str(args.out), **add_grounding(args.out)}), file=sys.stdout)
+        return 0
+    if args.episodes is None or args.episodes < 1:
         raise ConfigError("--episodes must be at least 1")
     if not 0.0 <= args.noisy_episodes <= 1.0:
         raise ConfigError("--noisy-episodes is a fraction between 0 and 1")

@@ -6,9 +6,15 @@ as the processor does at inference), the instruction, the oracle's plan and its 
 `ActionCodec` (deltas clipped to the per-step limit). Only `split="train"` tasks are generated, so the
 held-out phrasings, objects, backgrounds and distractor counts of `robot_io.sim.tasks` stay unseen.
 
+Every frame also records `points` (image positions of the gripper, objects and tiles, 0..255) and a
+`grounded_plan` that says where the plan's objects are (`rt2_cot.data.grounding`). Half the episodes
+by default are DART-style noisy: some executed steps are jittered while the recorded label stays the
+oracle's command, so the data shows how to recover from drifting off the oracle's path.
+
 Vision-language data (RT-2's co-training half, at toy scale): questions answered from privileged
 scene state - colours, object classes, sizes, positions, symbols and numbers on the table, counting -
-plus text-only arithmetic and word-meaning questions ("what could you hammer a nail with").
+plus text-only arithmetic and word-meaning questions ("what could you hammer a nail with"), and
+pointing questions ("where is the gripper" -> "128 71") for frames that have questions.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A data folder holds shards written by `rt2-cot datagen`, each a pair:
     shard-<seed>-<k>.npz   images (N, 128, 128, 3) uint8, actions (N, 8) uint8, episode (N,) int32
-    shard-<seed>-<k>.json  {"episodes": [...], "frames": [{"episode", "step", "instruction", "plan"}],
+    shard-<seed>-<k>.json  {"episodes": [...], "frames": [{"episode", "step", "instruction", "plan",
+                            "grounded_plan", "points"}],
                             "vl": [{"frame", "question", "answer", "kind"}]}
 plus `meta.json` (generator settings, counts, held-out rules) and, after the first training run,
 `shard-*.features.npy`: the frozen backbone's features per frame (fp16), computed once.
