@@ -18,6 +18,23 @@ from rt2_cot.errors import ConfigError
 
 IMAGE_SIZE = 32  # pixels; 8-pixel patches -> 16 image tokens, enough for the image to matter
 PATCH_SIZE = 8
+# One size for both families, so tests of PaliGemma and LLaVA exercise the same scale of model.
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 512,
+}
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": IMAGE_SIZE,
+    "patch_size": PATCH_SIZE,
+}
 
 
 def _minilm_tokenizer():
@@ -68,32 +85,19 @@ def build_tiny_paligemma(out_dir: str | Path, seed: int = 0) -> Path:
     vocab = len(processor.tokenizer)
     text_config = GemmaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        **TINY_TEXT,
         head_dim=32,
-        max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    vision_config = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=64,
-    )
+    vision_config = SiglipVisionConfig(**TINY_VISION, projection_dim=64)
     config = PaliGemmaConfig(
         text_config=text_config.to_dict(),
         vision_config=vision_config.to_dict(),
         image_token_index=processor.image_token_id,
-        projection_dim=64,
-        hidden_size=64,
+        projection_dim=TINY_TEXT["hidden_size"],
+        hidden_size=TINY_TEXT["hidden_size"],
         vocab_size=vocab,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -139,25 +143,12 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     vocab = len(tokenizer)
     text_config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
+        **TINY_TEXT,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=32,
-    )
+    vision_config = CLIPVisionConfig(**TINY_VISION, projection_dim=32)
     config = LlavaConfig(
         text_config=text_config.to_dict(),
         vision_config=vision_config.to_dict(),
