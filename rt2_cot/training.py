@@ -410,6 +410,21 @@ def save_state(
     tmp.rename(path)
 
 
+def export_run(run_dir: Path, folder: Path) -> dict:
+    """Export a run's latest `state.pt` as a checkpoint, without training (evaluate a run mid-way;
+    the run itself is untouched and resumes as before)."""
+    state_path = Path(run_dir) / "state.pt"
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not state_path.exists() or not cfg_path.exists():
+        raise ConfigError(f"{run_dir} has no state.pt and config.yaml: not a training run folder")
+    cfg = TrainConfig(**yaml.safe_load(cfg_path.read_text()))
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    model = build_model(cfg, state["output_ids"])
+    model.load_state_dict(state["model"], strict=False)
+    export_checkpoint(model, Path(folder))
+    return {"run": str(run_dir), "step": int(state["step"]), "checkpoint": str(folder)}
+
+
 def export_checkpoint(model, folder: Path) -> None:
     """fp16 transformers checkpoint + processor, loadable with the Auto classes after `import rt2_cot.model`."""
     from rt2_cot.model import Rt2CotMiniProcessor, load_tokenizer

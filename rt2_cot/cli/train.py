@@ -8,16 +8,27 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, required=True, help="training config YAML (see configs/default.yaml)"
-    )
+    parser.add_argument("--config", type=Path, help="training config YAML (see configs/default.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="run folder: state.pt, loss.png, checkpoint/")
     parser.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="do not train: export the latest state of the run in --out as a checkpoint to DIR",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from rt2_cot.training import TrainConfig, train
+    from rt2_cot.errors import ConfigError
+    from rt2_cot.training import TrainConfig, export_run, train
 
+    if args.export is not None:
+        print(json.dumps(export_run(args.out, args.export)))
+        return 0
+    if args.config is None:
+        raise ConfigError("--config is required to train (or --export DIR to export a run)")
     cfg = TrainConfig.from_yaml(args.config)
     if args.steps is not None:
         cfg.steps = args.steps

@@ -51,6 +51,18 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert (out / "checkpoint" / "model.safetensors").exists()
     assert "val_xyz_bin_mae" in second["final"]
 
+    # `rt2-cot train --out RUN --export DIR`: the saved state as a checkpoint equal to the run's own.
+    from safetensors.torch import load_file
+
+    from rt2_cot.training import export_run
+
+    assert export_run(out, tmp_path / "exported")["step"] == steps
+    mine, theirs = (
+        load_file(tmp_path / "exported" / "model.safetensors"),
+        load_file(out / "checkpoint" / "model.safetensors"),
+    )
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
 
 def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say(tmp_path):
     from dataclasses import asdict
