@@ -18,28 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from app.launch import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess  # noqa: E402
 
 # Installed in the page before Run: timestamps of every change of the plan text and live frame.
 WATCH_JS = """
@@ -80,65 +67,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def resolve_model(spec: str, work: Path) -> str:
     if spec == "tiny":
         from rt2_cot.tiny_vlm import build_tiny_paligemma
 
         return str(build_tiny_paligemma(work / "tiny-paligemma"))
     return spec
-
-
-def launch(model: str, work: Path, rate_hz: float) -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    logf = work / "console.log"
-    env = dict(
-        os.environ,
-        MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
-        HF_HUB_OFFLINE="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--camera",
-            "sim",
-            "--arm",
-            "sim",
-            "--model",
-            model,
-            "--port",
-            str(port),
-            "--sessions",
-            str(work / "sessions"),
-            "--rate-hz",
-            str(rate_hz),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=logf.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 300:
-        if proc.poll() is not None:
-            raise SystemExit(f"console exited: {logf.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                return proc, url, logf
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("console did not start within 300 s")
 
 
 def state(url: str) -> dict:
@@ -166,7 +100,7 @@ def measure(url: str, trials: int, fps_seconds: float, rate_hz: float) -> dict:
     estop_server: list[float] = []
     first_state: dict = {}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector("#live-img", timeout=60_000)
@@ -270,15 +204,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
         work = Path(tmp)
         model = resolve_model(args.model, work)
-        proc, url, _ = launch(model, work, args.rate_hz)
+        console = ConsoleProcess(work / "sessions", "--rate-hz", str(args.rate_hz), model=model)
         try:
-            result = measure(url, args.trials, args.fps_seconds, args.rate_hz)
+            console.wait_ready(timeout=300)
+            result = measure(console.url, args.trials, args.fps_seconds, args.rate_hz)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            console.stop()
     result["model"] = args.model
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))

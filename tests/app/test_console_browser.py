@@ -11,18 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from console_server import REPO, ConsoleServer
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from console_server import CHROMIUM, CHROMIUM_ARGS, REPO, ConsoleServer
 
 # Every distinct plan text the page shows, with the time it appeared (installed before Run).
 WATCH_PLAN_JS = """
