@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 _ACTION = re.compile(r"action\s*:\s*((?:\d+\s*){8})")
+_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})\b")
 
 
 def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: int = 123) -> dict:
@@ -30,7 +31,10 @@ def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: i
     proc = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     sim, codec, rng = TabletopSim(), ActionCodec(), np.random.default_rng(seed)
+    from rt2_cot.data.grounding import scene_points
+
     errors, early, missed, sign_hits, big_moves, unparsed = [], 0, 0, 0, 0, 0
+    point_errors = []  # grounded plans: distance of the plan's first point from the target's
     for _ in range(episodes):
         task = sample_task(rng, family=family)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
@@ -42,7 +46,12 @@ def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: i
                 out = model.generate(
                     **proc(images=image, text=f"Instruction: {task.instruction}"), max_new_tokens=32
                 )
-            m = _ACTION.search(proc.decode(out[0]).split("plan :", 1)[-1])
+            text = proc.decode(out[0]).split("plan :", 1)[-1]
+            p = _POINT.search(text.split("action", 1)[0])
+            if p is not None:
+                tx, ty = scene_points(sim, *image.shape[1::-1])[task.target]
+                point_errors.append(float(np.hypot(int(p.group(1)) - tx, int(p.group(2)) - ty)))
+            m = _ACTION.search(text)
             if m is None:
                 unparsed += 1
                 got = [0, 128, 128, 128, 128, 128, 128, 255]
@@ -66,6 +75,10 @@ def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: i
         "missed_terminate": int(missed),
         "xy_sign_agreement_on_big_moves": round(sign_hits / max(big_moves, 1), 3),
         "unparsed": unparsed,
+        "plan_point_error_mean": round(float(np.mean(point_errors)), 2) if point_errors else None,
+        "plan_point_within_8": round(float(np.mean(np.array(point_errors) <= 8)), 3)
+        if point_errors
+        else None,
     }
 
 
