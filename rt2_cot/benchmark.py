@@ -101,7 +101,7 @@ class NaiveGenerateBackend:
     def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
         import torch
 
-        from rt2_cot.constrained import DEFAULT_MAX_PLAN_TOKENS, ActionGrammarProcessor, GrammarSpec
+        from rt2_cot.constrained import DEFAULT_MAX_PLAN_TOKENS, ActionGrammarProcessor, GrammarSpec, Phase
         from rt2_cot.prompts import build_prompt
 
         spec = GrammarSpec.for_tokenizer(
@@ -125,10 +125,16 @@ class NaiveGenerateBackend:
                 pad_token_id=spec.eos_id,
                 do_sample=False,
             )
-        ids = out[0, n:].tolist()
-        # Action ids as their bin numbers, like every other backend streams them.
-        plan = [t for t in ids if self.token_map.bin_of(t) is None and t != spec.eos_id]
-        bins = [self.token_map.bin_of(t) for t in ids if self.token_map.bin_of(t) is not None]
+        # Action ids as their bin numbers, like every other backend streams them. Which tokens are
+        # actions is the grammar's call: a grounded plan has integers too ("at 30 41").
+        state, plan, bins = spec.new_state(), [], []
+        for t in out[0, n:].tolist():
+            phase = state.phase
+            state.advance(t)
+            if phase is Phase.ACTION:
+                bins.append(self.token_map.bin_of(t))
+            elif t != spec.eos_id:
+                plan.append(t)
         yield self.tokenizer.decode(plan, skip_special_tokens=True) + "".join(f" {b}" for b in bins)
 
 
