@@ -37,9 +37,9 @@ class TrainConfig:
     val_episodes_fraction: float = 0.05
     init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
     use_vl: bool = True  # vision-language co-training (ablation: false)
-    grounded_plan: bool = (
-        False  # plans say where their objects are (rt2_cot.data.grounding); + pointing questions
-    )
+    # Plans say where their objects are (rt2_cot.data.grounding), plus pointing questions.
+    grounded_plan: bool = False
+    ground_gripper: bool = False  # grounded plans also say where the gripper is (ECoT's gripper step)
     num_hidden_layers: int = 4
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
@@ -289,7 +289,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     tokenizer = load_tokenizer()
-    data = RobotData([Path(p) for p in cfg.data], tokenizer, grounded=cfg.grounded_plan)
+    data = RobotData(
+        [Path(p) for p in cfg.data], tokenizer, grounded=cfg.grounded_plan, gripper=cfg.ground_gripper
+    )
     if not cfg.use_vl:
         data.vl = []
     state_path = out / "state.pt"
@@ -298,7 +300,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     model = build_model(cfg, output_ids)
     data.load_features(model)
     if cfg.val_data:
-        val = RobotData([Path(p) for p in cfg.val_data], tokenizer, grounded=cfg.grounded_plan)
+        val = RobotData(
+            [Path(p) for p in cfg.val_data], tokenizer, grounded=cfg.grounded_plan, gripper=cfg.ground_gripper
+        )
         val.load_features(model)
     else:
         train_frames, val_frames = split_validation(data, cfg.val_episodes_fraction, cfg.seed)

@@ -56,14 +56,30 @@ def action_roles(target_ids: list[int], n_action: int) -> list[int]:
     return [TEXT] * n_text + list(range(n_action)) + [TEXT]
 
 
+def _plan_text(frame: dict, grounded: bool, gripper: bool) -> str:
+    if not grounded or "grounded_plan" not in frame:
+        return frame["plan"]
+    if gripper:
+        from rt2_cot.data.grounding import with_gripper
+
+        return with_gripper(frame["grounded_plan"], frame["points"])
+    return frame["grounded_plan"]
+
+
 class RobotData:
     """All shards of one or more data folders, in memory, with cached backbone features."""
 
     def __init__(
-        self, folders: list[Path], tokenizer, splits: tuple[str, ...] = ("train",), grounded: bool = False
+        self,
+        folders: list[Path],
+        tokenizer,
+        splits: tuple[str, ...] = ("train",),
+        grounded: bool = False,
+        gripper: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
-        (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions."""
+        (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
+        `gripper`: grounded plans also say where the gripper is."""
         self.text = TextCache(tokenizer)
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
@@ -78,7 +94,7 @@ class RobotData:
                 self.frames.append(
                     {
                         "instruction": fr.get("instruction", ep["instruction"]),
-                        "plan": fr.get("grounded_plan", fr["plan"]) if grounded else fr["plan"],
+                        "plan": _plan_text(fr, grounded, gripper),
                         "action": shard.actions[i].tolist(),
                         "episode": f"{shard.path.stem}/{fr['episode']}",
                         # A frame whose replay could not be grounded is left out of grounded training.

@@ -82,12 +82,22 @@ def ground_plan(plan: str, target: str, reference: str, points: dict, tiles: lis
     return plan
 
 
+def with_gripper(plan: str, points: dict) -> str:
+    """'pick up the banana at 140 60' -> 'pick up the banana at 140 60 with the gripper at 128 78':
+    ECoT's gripper-position step, so the action follows from two points in the text. Unlike the
+    objects, the gripper moves every step: a reused plan's gripper point is out of date (training
+    shows such plans too, see `stale_plan_fraction`)."""
+    x, y = points[GRIPPER]
+    return f"{plan.strip().rstrip('.').strip()} with the gripper at {x} {y}"
+
+
+_GRIPPER = re.compile(r"\s+with the gripper at\s+\d{1,3}\s+\d{1,3}\b")
 _AT = re.compile(r"\s+at\s+\d{1,3}\s+\d{1,3}\b")
 
 
 def strip_grounding(plan: str) -> str:
     """'pick up the banana at 140 60' -> 'pick up the banana' (for display or plan comparison)."""
-    return _AT.sub("", plan)
+    return _AT.sub("", _GRIPPER.sub("", plan))
 
 
 def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: int = 2) -> list[dict]:

@@ -39,8 +39,14 @@ def test_ground_plan_leaves_out_what_the_plan_does_not_mention():
 
 
 def test_strip_grounding_inverts_ground_plan():
+    from rt2_cot.data.grounding import with_gripper
+
     plan = "move the apple near the red ball"
-    assert strip_grounding(ground_plan(plan, "apple", "red ball", POINTS)) == plan
+    grounded = ground_plan(plan, "apple", "red ball", POINTS)
+    assert strip_grounding(grounded) == plan
+    both = with_gripper(grounded, POINTS)
+    assert both == "move the apple at 30 41 near the red ball at 200 97 with the gripper at 128 78"
+    assert strip_grounding(both) == plan
     assert strip_grounding("place it at the number 7") == "place it at the number 7"
 
 

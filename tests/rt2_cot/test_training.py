@@ -76,6 +76,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "ablation_random_init.yaml": {"init"},
         "ablation_no_vl.yaml": {"use_vl", "vl_fraction"},
         "ablation_ungrounded.yaml": {"grounded_plan"},
+        "gripper_grounded.yaml": {"ground_gripper", "max_minutes"},
     }
     for name, keys in changed.items():
         cfg = asdict(TrainConfig.from_yaml(configs / name))
