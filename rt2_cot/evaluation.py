@@ -654,6 +654,7 @@ class EvalReport:
             "plan_accuracy": s["plan_accuracy"],
             "valid_action_rate": s["valid_action_rate"],
             "mean_steps": s["mean_steps"],
+            "plan_point_error": s["plan_point_error"],
             "by_category": self.by_category(),
             "by_split": self.by_split(),
             "stopped": self.stopped,

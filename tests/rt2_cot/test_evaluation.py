@@ -298,6 +298,7 @@ def test_plan_point_error_measures_how_far_a_grounded_plan_points_from_the_targe
     )
     assert all(r.plan_point_error == pytest.approx(offset, abs=1.5) for r in report.results)
     assert report.summary()["plan_point_error"] == pytest.approx(offset, abs=1.5)
+    assert report.to_dict()["plan_point_error"] == report.summary()["plan_point_error"]  # in --json
     assert "units (of 256) from the target" in report.to_markdown()
     # Plans without points (RT-2's plain plans) have no grounding error rather than a zero one.
     plain = run_suite(
