@@ -40,8 +40,8 @@ from rt2_cot.data.grounding import GRIPPER  # noqa: E402
 from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0  # noqa: E402
 
 LAYOUTS = {
-    "4x4 folded (the model's)": 2,  # space-to-depth 2: 16 tokens of 4*112 + 1280
-    "8x8 stride-16": 1,  # 64 tokens of 112 + 1280 (head map repeated 2x2)
+    "4x4": 2,  # the model's: space-to-depth 2, 16 tokens of 4*112 + 1280
+    "8x8": 1,  # 64 tokens of 112 + 1280 (head map repeated 2x2)
 }
 
 
@@ -134,12 +134,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--layout", choices=["all", *LAYOUTS], default="all", help="which token layout(s) to probe"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     feats, items = load(args.data, args.shards)
     names = {n: i for i, n in enumerate(sorted({k for it in items for k in it["points"]}))}
     result = {"frames": len(items), "names": len(names), "steps": args.steps}
     for label, layout in LAYOUTS.items():
+        if args.layout not in ("all", label):
+            continue
         result[label] = run(feats, items, names, layout, args.steps, args.seed)
         print(label, result[label], file=sys.stderr, flush=True)
     print(json.dumps(result))
