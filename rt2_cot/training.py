@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import yaml
 from loguru import logger
 
-from rt2_cot.data.dataset import TEXT, Batch, RobotData
+from rt2_cot.data.dataset import POINT, TEXT, Batch, RobotData
 from rt2_cot.errors import ConfigError
 
 MOTION_DIMS = (1, 2, 3, 4, 5, 6)  # dx dy dz droll dpitch dyaw
@@ -40,6 +40,9 @@ class TrainConfig:
     # Plans say where their objects are (rt2_cot.data.grounding), plus pointing questions.
     grounded_plan: bool = False
     ground_gripper: bool = False  # grounded plans also say where the gripper is (ECoT's gripper step)
+    # Image coordinates (grounded plans, pointing answers) trained like action bins: Gaussian soft
+    # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
+    soft_points: bool = False
     num_hidden_layers: int = 4
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
@@ -150,7 +153,7 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
     logits = model.output_logits(h[sel])  # (M, V_out)
     cols = targets.column[batch.labels[sel]]
     roles = batch.roles[sel]
-    motion = torch.isin(roles, torch.tensor(MOTION_DIMS))
+    motion = torch.isin(roles, torch.tensor((*MOTION_DIMS, POINT)))
     logp = F.log_softmax(logits.float(), dim=-1)
     exact = -logp[~motion].gather(1, cols[~motion, None]).squeeze(1)
     is_text = roles[~motion] == TEXT
@@ -294,6 +297,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     )
     if not cfg.use_vl:
         data.vl = []
+    data.point_roles = cfg.soft_points
     state_path = out / "state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
     output_ids = state["output_ids"] if state else build_output_vocabulary(tokenizer, data.all_target_texts())
@@ -304,6 +308,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             [Path(p) for p in cfg.val_data], tokenizer, grounded=cfg.grounded_plan, gripper=cfg.ground_gripper
         )
         val.load_features(model)
+        val.point_roles = cfg.soft_points
     else:
         train_frames, val_frames = split_validation(data, cfg.val_episodes_fraction, cfg.seed)
         val = copy.copy(data)

@@ -16,6 +16,7 @@ from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
 
 # Position roles inside a target, used by the loss: text token, or the index of an action dimension.
 TEXT = -1
+POINT = 8  # an image coordinate (0..255) in a grounded plan or a pointing answer: ordinal, like actions
 
 
 @dataclass
@@ -86,6 +87,8 @@ class RobotData:
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
         self.vl: list[tuple[int, str, str, str]] = []  # (frame, question, answer, kind)
         self.features: torch.Tensor | None = None
+        self.point_roles = False  # set by training (`soft_points`)
+        self._int_ids: set[int] | None = None
         for si, shard in enumerate(self.shards):
             base = int(self.offsets[si])
             episodes = {e["id"]: e for e in shard.meta["episodes"]}
@@ -137,6 +140,19 @@ class RobotData:
         return FrozenEfficientNetLite0.combine(fine, coarse, self.space_to_depth)
 
     # -- examples ---------------------------------------------------------------------------------
+    def _points_marked(self, target: list[int], roles: list[int]) -> list[int]:
+        """With `point_roles`, the integers of a text part (image coordinates) get the POINT role, so
+        training scores them like action bins (near misses cost little) instead of as unrelated words."""
+        if not self.point_roles:
+            return roles
+        if self._int_ids is None:
+            tok = self.text.tokenizer
+            self._int_ids = set(tok.convert_tokens_to_ids([str(i) for i in range(256)]))
+        return [
+            POINT if r == TEXT and i < len(target) and target[i] in self._int_ids else r
+            for i, r in enumerate(roles)
+        ]
+
     def robot_example(self, frame: int, plain: bool, plan_age: int = 0) -> Example:
         """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
         it at inference), with this frame's image and action."""
@@ -159,18 +175,19 @@ class RobotData:
             frame,
             [BOS_TOKEN_ID, *self.text(prompt), *given],
             [*t, EOS_TOKEN_ID],
-            action_roles(t, 8),
+            self._points_marked(t, action_roles(t, 8)),
             "plain" if plain else "cot",
         )
 
     def vl_example(self, index: int) -> Example:
-        frame, question, answer, _kind = self.vl[index]
+        frame, question, answer, kind = self.vl[index]
         t = self.text(fmt.vl_target(answer))
+        roles = [TEXT] * (len(t) + 1)
         return Example(
             frame,
             [BOS_TOKEN_ID, *self.text(fmt.vl_prompt(question))],
             [*t, EOS_TOKEN_ID],
-            [TEXT] * (len(t) + 1),
+            self._points_marked(t, roles) if kind == "pointing" else roles,
             "vl",
         )
 
