@@ -64,6 +64,46 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
+def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
+    """With POINT roles a coordinate one unit off costs less than one far off; plain text does not care."""
+    from types import SimpleNamespace
+
+    from rt2_cot.data.dataset import POINT
+    from rt2_cot.model import load_tokenizer
+    from rt2_cot.training import build_output_vocabulary, compute_loss
+
+    tok = load_tokenizer()
+    out_ids = build_output_vocabulary(tok, ["plan : pick up the apple at 100 50 . action : 0"])
+    targets = ActionTargets(out_ids, tok, sigma=3.0)
+    want = tok.convert_tokens_to_ids("100")
+
+    class Fixed:  # a "model" whose only output is a logit bump on one token
+        def __init__(self, token):
+            self.logits = torch.full((len(out_ids),), -5.0)
+            self.logits[targets.column[tok.convert_tokens_to_ids(token)]] = 5.0
+
+        def hidden_states(self, input_ids, image_features=None):
+            return torch.zeros(1, 2, 1)
+
+        def output_logits(self, h):
+            return self.logits.expand(h.shape[0], -1)
+
+    batch = SimpleNamespace(
+        input_ids=torch.zeros(1, 2, dtype=torch.long),
+        features=None,
+        labels=torch.tensor([[want, -100]]),
+        roles=torch.tensor([[POINT, -1]]),
+    )
+    cfg = TrainConfig(action_aux_weight=1.0)
+    near, _ = compute_loss(Fixed("101"), batch, targets, cfg)
+    far, _ = compute_loss(Fixed("20"), batch, targets, cfg)
+    assert near < far
+    batch.roles = torch.tensor([[-1, -1]])  # the same token as plain text: both misses cost the same
+    assert compute_loss(Fixed("101"), batch, targets, cfg)[0] == pytest.approx(
+        compute_loss(Fixed("20"), batch, targets, cfg)[0]
+    )
+
+
 def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say(tmp_path):
     from dataclasses import asdict
 
@@ -77,6 +117,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "ablation_no_vl.yaml": {"use_vl", "vl_fraction"},
         "ablation_ungrounded.yaml": {"grounded_plan"},
         "gripper_grounded.yaml": {"ground_gripper", "max_minutes"},
+        "soft_points.yaml": {"soft_points", "max_minutes"},
     }
     for name, keys in changed.items():
         cfg = asdict(TrainConfig.from_yaml(configs / name))
