@@ -65,6 +65,9 @@ class BenchResult:
     # Steps where the fast path's plan-every-step output (plan and 8 tokens) equals generate()'s on
     # the same frame: the speed-ups are only worth something if this stays at 1.0.
     same_output_as_naive: float | None = None
+    # Where a plan-every-step step goes (fast path): frozen image encoder, then the one prefill pass.
+    vision_ms_p50: float | None = None
+    prefill_ms_p50: float | None = None
     draft_acceptance: float | None = None
     steps: int = 0
     replan_every: int = 10
@@ -253,6 +256,8 @@ def run_benchmark(
     valid = 0
     drafted = accepted = 0
     same = 0
+    vision_ms: list[float] = []
+    prefill_ms: list[float] = []
     logger.info("bench: {} steps (+{} warm-up) of {!r} on {}", steps, warmup, instruction, weights)
     for step in range(warmup + steps):
         t0 = time.perf_counter()
@@ -278,6 +283,8 @@ def run_benchmark(
                 same += (cot.plan, cot.tokens) == (ref.plan, ref.tokens)
             stats = getattr(fast, "last_stats", None)
             if stats is not None:
+                vision_ms.append(stats.vision_ms)
+                prefill_ms.append(stats.prefill_ms)
                 tokens += len(stats.generated_ids)
                 drafted += stats.draft_tokens
                 accepted += stats.accepted_draft_tokens
@@ -319,6 +326,8 @@ def run_benchmark(
         speedup_cot_vs_naive=cot_hz / naive_hz if naive_hz else None,
         speedup_reuse_vs_naive=reuse_hz / naive_hz if naive_hz else None,
         same_output_as_naive=same / steps if "naive" in lat and steps else None,
+        vision_ms_p50=_percentile(vision_ms, 50) if vision_ms else None,
+        prefill_ms_p50=_percentile(prefill_ms, 50) if prefill_ms else None,
         valid_action_fraction=valid / steps,
         draft_acceptance=(accepted / drafted) if drafted and drafts else None,
         steps=steps,

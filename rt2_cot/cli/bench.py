@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(
             f"speed-up vs naive   CoT {data['speedup_cot_vs_naive']:.1f}x, plan reuse {data['speedup_reuse_vs_naive']:.1f}x"
         )
+    if data.get("vision_ms_p50") is not None:
+        lines.append(
+            f"CoT step breakdown  image encoder {data['vision_ms_p50']:.1f} ms + prefill {data['prefill_ms_p50']:.1f} ms (p50)"
+        )
     if data.get("same_output_as_naive") is not None:
         lines.append(
             f"same as generate()  {data['same_output_as_naive']:.0%} of steps (plan and tokens, plan every step)"
