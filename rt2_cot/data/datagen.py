@@ -289,8 +289,11 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                 result["objects"], result["tiles"], base, len(result["images"]), cfg, rng
             )
             vl.extend(questions)
+            # Their own generator: the shard's stream (tasks, scenes, other questions) stays exactly
+            # what datagen produced before pointing questions existed.
+            point_rng = np.random.default_rng([ep_seed, 11])
             for f in sorted({q["frame"] for q in questions}):
-                vl.extend(pointing_questions(result["points"][f - base], f, rng))
+                vl.extend(pointing_questions(result["points"][f - base], f, point_rng))
         vl.extend(
             {"frame": int(rng.integers(len(images))), "question": q, "answer": a, "kind": kd}
             for q, a, kd in text_questions(rng, max(1, len(episodes) * 2))
