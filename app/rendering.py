@@ -7,7 +7,6 @@ unit-tested against hand-computed projections.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass
 
 import cv2
@@ -177,23 +176,10 @@ def draw_action(
     return img
 
 
-_PLAN_POINT = re.compile(r"(?:the\s+)?([a-z][a-z ]*?|number \d+)\s+at\s+(\d{1,3})\s+(\d{1,3})\b")
-
-
-def plan_points(plan: str) -> list[tuple[str, int, int]]:
-    """(name, x, y) for every located object of a grounded plan, in its 0..255 image units:
-    'move the apple at 30 41 near the red ball at 200 97' -> [('apple', 30, 41), ('red ball', 200, 97)]."""
-    out = []
-    for m in _PLAN_POINT.finditer((plan or "").lower()):
-        name = m.group(1).strip()
-        for lead in ("pick up the ", "move the ", "place the ", "near the ", "on the ", "the "):
-            name = name.split(lead)[-1]
-        out.append((name, int(m.group(2)), int(m.group(3))))
-    return out
-
-
 def draw_plan_points(img: np.ndarray, plan: str) -> np.ndarray:
     """Mark where a grounded plan says its objects are: a ring and the object's name (in place)."""
+    from rt2_cot.data.grounding import plan_points
+
     h, w = img.shape[:2]
     for name, x, y in plan_points(plan):
         u, v = round((x + 0.5) * w / 256), round((y + 0.5) * h / 256)

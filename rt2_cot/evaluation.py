@@ -480,9 +480,6 @@ def plan_names_object(plan: str, expected: str | Sequence[str]) -> bool:
     return False
 
 
-_PLAN_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})\b")
-
-
 def _image_point(sim: Any, name: str) -> tuple[float, float] | None:
     """Where `name` is in the camera image, in the 0..255 units grounded plans use."""
     try:
@@ -497,10 +494,13 @@ def _image_point(sim: Any, name: str) -> tuple[float, float] | None:
 
 def _point_error(plan: str, true_point: tuple[float, float] | None) -> float | None:
     """Distance from the plan's first image point to the true one; None when either is missing."""
-    m = _PLAN_POINT.search(plan or "")
-    if m is None or true_point is None:
+    from rt2_cot.data.grounding import plan_points
+
+    points = plan_points(plan)
+    if not points or true_point is None:
         return None
-    return round(math.hypot(int(m.group(1)) - true_point[0], int(m.group(2)) - true_point[1]), 2)
+    _name, x, y = points[0]
+    return round(math.hypot(x - true_point[0], y - true_point[1]), 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,6 +100,22 @@ def strip_grounding(plan: str) -> str:
     return _AT.sub("", _GRIPPER.sub("", plan))
 
 
+_PLAN_POINT = re.compile(r"(?:the\s+)?([a-z][a-z ]*?|number \d+)\s+at\s+(\d{1,3})\s+(\d{1,3})\b")
+_LEADS = ("pick up the ", "move the ", "place the ", "near the ", "on the ", "with the ", "the ")
+
+
+def plan_points(plan: str) -> list[tuple[str, int, int]]:
+    """(name, x, y) for every located thing of a grounded plan, in its 0..255 image units:
+    'move the apple at 30 41 near the red ball at 200 97' -> [('apple', 30, 41), ('red ball', 200, 97)]."""
+    out = []
+    for m in _PLAN_POINT.finditer((plan or "").lower()):
+        name = m.group(1).strip()
+        for lead in _LEADS:
+            name = name.split(lead)[-1]
+        out.append((name, int(m.group(2)), int(m.group(3))))
+    return out
+
+
 def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: int = 2) -> list[dict]:
     """`k` 'where is the X' questions for one frame, the gripper always among them."""
     names = [n for n in points if n != GRIPPER]

@@ -16,7 +16,6 @@ import re
 import numpy as np
 
 _ACTION = re.compile(r"action\s*:\s*((?:\d+\s*){8})")
-_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})\b")
 
 
 def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: int = 123) -> dict:
@@ -31,7 +30,7 @@ def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: i
     proc = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     sim, codec, rng = TabletopSim(), ActionCodec(), np.random.default_rng(seed)
-    from rt2_cot.data.grounding import scene_points
+    from rt2_cot.data.grounding import plan_points, scene_points
 
     errors, early, missed, sign_hits, big_moves, unparsed = [], 0, 0, 0, 0, 0
     point_errors = []  # grounded plans: distance of the plan's first point from the target's
@@ -47,10 +46,10 @@ def oracle_agreement(checkpoint: str, episodes: int, family: str | None, seed: i
                     **proc(images=image, text=f"Instruction: {task.instruction}"), max_new_tokens=32
                 )
             text = proc.decode(out[0]).split("plan :", 1)[-1]
-            p = _POINT.search(text.split("action", 1)[0])
-            if p is not None:
+            points = plan_points(text.split("action", 1)[0])
+            if points:
                 tx, ty = scene_points(sim, *image.shape[1::-1])[task.target]
-                point_errors.append(float(np.hypot(int(p.group(1)) - tx, int(p.group(2)) - ty)))
+                point_errors.append(float(np.hypot(points[0][1] - tx, points[0][2] - ty)))
             m = _ACTION.search(text)
             if m is None:
                 unparsed += 1

@@ -100,10 +100,7 @@ def test_jpeg_data_uri_decodes_back_to_the_image():
     assert back.shape == img.shape and back[16, 5, 0] > 200 and back[16, 40, 0] < 50
 
 
-def test_grounded_plan_points_are_parsed_and_ringed_where_the_plan_says():
-    plan = "place the blue block at 150 83 on the number 3 at 123 111"
-    assert rendering.plan_points(plan) == [("blue block", 150, 83), ("number 3", 123, 111)]
-    assert rendering.plan_points("pick up the red block") == []
+def test_grounded_plan_points_are_ringed_where_the_plan_says():
     img = np.zeros((240, 320, 3), np.uint8)
     rendering.draw_plan_points(img, "pick up the apple at 128 64")
     u, v = round(128.5 * 320 / 256), round(64.5 * 240 / 256)

@@ -50,6 +50,18 @@ def test_strip_grounding_inverts_ground_plan():
     assert strip_grounding("place it at the number 7") == "place it at the number 7"
 
 
+def test_plan_points_reads_every_located_thing_back():
+    from rt2_cot.data.grounding import plan_points, with_gripper
+
+    plan = "place the blue block at 150 83 on the number 3 at 123 111"
+    assert plan_points(plan) == [("blue block", 150, 83), ("number 3", 123, 111)]
+    assert plan_points("pick up the red block") == []
+    grounded = with_gripper(
+        ground_plan("move the apple near the red ball", "apple", "red ball", POINTS), POINTS
+    )
+    assert plan_points(grounded) == [("apple", 30, 41), ("red ball", 200, 97), ("gripper", 128, 78)]
+
+
 def test_pointing_questions_always_ask_for_the_gripper():
     qs = pointing_questions(POINTS, frame=3, rng=np.random.default_rng(0), k=3)
     assert qs[0] == {"frame": 3, "question": "where is the gripper", "answer": "128 78", "kind": "pointing"}
