@@ -292,23 +292,27 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     tokenizer = load_tokenizer()
-    data = RobotData(
-        [Path(p) for p in cfg.data], tokenizer, grounded=cfg.grounded_plan, gripper=cfg.ground_gripper
-    )
+
+    def robot_data(folders: list[str]) -> RobotData:
+        return RobotData(
+            [Path(p) for p in folders],
+            tokenizer,
+            grounded=cfg.grounded_plan,
+            gripper=cfg.ground_gripper,
+            point_roles=cfg.soft_points,
+        )
+
+    data = robot_data(cfg.data)
     if not cfg.use_vl:
         data.vl = []
-    data.point_roles = cfg.soft_points
     state_path = out / "state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
     output_ids = state["output_ids"] if state else build_output_vocabulary(tokenizer, data.all_target_texts())
     model = build_model(cfg, output_ids)
     data.load_features(model)
     if cfg.val_data:
-        val = RobotData(
-            [Path(p) for p in cfg.val_data], tokenizer, grounded=cfg.grounded_plan, gripper=cfg.ground_gripper
-        )
+        val = robot_data(cfg.val_data)
         val.load_features(model)
-        val.point_roles = cfg.soft_points
     else:
         train_frames, val_frames = split_validation(data, cfg.val_episodes_fraction, cfg.seed)
         val = copy.copy(data)

@@ -77,18 +77,22 @@ class RobotData:
         splits: tuple[str, ...] = ("train",),
         grounded: bool = False,
         gripper: bool = False,
+        point_roles: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
-        `gripper`: grounded plans also say where the gripper is."""
+        `gripper`: grounded plans also say where the gripper is. `point_roles`: the integers of a
+        plan or pointing answer (image coordinates) get the POINT role, so training scores them like
+        action bins (near misses cost little) instead of as unrelated words."""
         self.text = TextCache(tokenizer)
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
         self.vl: list[tuple[int, str, str, str]] = []  # (frame, question, answer, kind)
         self.features: torch.Tensor | None = None
-        self.point_roles = False  # set by training (`soft_points`)
-        self._int_ids: set[int] | None = None
+        self._int_ids = (
+            set(tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])) if point_roles else set()
+        )
         for si, shard in enumerate(self.shards):
             base = int(self.offsets[si])
             episodes = {e["id"]: e for e in shard.meta["episodes"]}
@@ -141,13 +145,9 @@ class RobotData:
 
     # -- examples ---------------------------------------------------------------------------------
     def _points_marked(self, target: list[int], roles: list[int]) -> list[int]:
-        """With `point_roles`, the integers of a text part (image coordinates) get the POINT role, so
-        training scores them like action bins (near misses cost little) instead of as unrelated words."""
-        if not self.point_roles:
+        """POINT for the integers of a text part when `point_roles` is on (else `roles` unchanged)."""
+        if not self._int_ids:
             return roles
-        if self._int_ids is None:
-            tok = self.text.tokenizer
-            self._int_ids = set(tok.convert_tokens_to_ids([str(i) for i in range(256)]))
         return [
             POINT if r == TEXT and i < len(target) and target[i] in self._int_ids else r
             for i, r in enumerate(roles)

@@ -149,6 +149,12 @@ def test_noisy_episodes_keep_clean_oracle_labels(tmp_path):
     assert clean["points"][3][GRIPPER] != noisy["points"][3][GRIPPER]
 
 
+def fresh_plan_points(plan: str) -> int:
+    from rt2_cot.data.grounding import plan_points
+
+    return len(plan_points(plan))
+
+
 def test_stale_plan_examples_give_the_old_plan_as_prompt_text(tmp_path):
     """Plan-reuse training examples: an earlier frame's plan is prompt text, only the action is learned."""
     from rt2_cot.data.datagen import DatagenConfig, generate
@@ -168,3 +174,11 @@ def test_stale_plan_examples_give_the_old_plan_as_prompt_text(tmp_path):
     assert stale.roles == [*range(8), -1]
     # At the start of an episode there is no older plan: the example is an ordinary one.
     assert data.robot_example(0, plain=False, plan_age=3) == data.robot_example(0, plain=False)
+
+    # `point_roles`: the plan's two coordinates are POINTs, the actions keep their dimensions.
+    from rt2_cot.data.dataset import POINT
+
+    scored = RobotData([tmp_path], tok, grounded=True, point_roles=True).robot_example(4, plain=False)
+    assert scored.roles.count(POINT) == 2 * fresh_plan_points(data.frames[4]["plan"])
+    assert scored.roles[-9:] == [*range(8), -1]
+    assert POINT not in fresh.roles
