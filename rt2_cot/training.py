@@ -44,6 +44,8 @@ class TrainConfig:
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
     num_hidden_layers: int = 4
+    vision_grid: int = 4  # prefix tokens per side (see Rt2CotMiniConfig)
+    vision_stride8: bool = False  # add the frozen stride-8 map to the prefix
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
     # first, and the learning-rate schedule follows whichever is further along, so a run on a busy
@@ -227,6 +229,8 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
 
     config = Rt2CotMiniConfig(
         num_hidden_layers=cfg.num_hidden_layers,
+        vision_grid=cfg.vision_grid,
+        vision_stride8=cfg.vision_stride8,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )

@@ -235,7 +235,8 @@ class BuiltinBackend:
         pixels = pixels.to(self.model.projector.fc1.weight.dtype).contiguous(
             memory_format=torch.channels_last
         )
-        features = self._vision(pixels, self.model.config.vision_space_to_depth)
+        cfg = self.model.config
+        features = self._vision(pixels, cfg.vision_grid, cfg.vision_stride8)
         return self.model.encode_image(features=features)
 
     # -- the decoder with a preallocated KV cache -----------------------------------------------------

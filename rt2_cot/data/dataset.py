@@ -89,7 +89,9 @@ class RobotData:
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
         self.vl: list[tuple[int, str, str, str]] = []  # (frame, question, answer, kind)
-        self.features: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None  # packed stride-16 + head maps, (N, 27648) fp16
+        self.features_s8: torch.Tensor | None = None  # stride-8 maps when the model uses them, (N, 10240)
+        self.vision_grid, self.vision_stride8 = 4, False  # set from the model by load_features
         self._int_ids = (
             set(tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])) if point_roles else set()
         )
@@ -130,18 +132,24 @@ class RobotData:
 
     # -- frozen features, computed once and stored beside each shard --------------------------------
     def load_features(self, model) -> None:
+        cfg = model.config
+        self.vision_grid, self.vision_stride8 = cfg.vision_grid, cfg.vision_stride8
         self.features = torch.cat([torch.from_numpy(shard_features(shard, model)) for shard in self.shards])
+        if self.vision_stride8:
+            self.features_s8 = torch.cat(
+                [torch.from_numpy(shard_stride8(shard, model)) for shard in self.shards]
+            )
         for shard in self.shards:  # pixels are no longer needed; features are 1/3 of their size
             shard.images = shard.images[:0]
-
-    space_to_depth = 2  # must match the model config's vision_space_to_depth
 
     def batch_features(self, frames: list[int]) -> torch.Tensor:
         from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
 
         assert self.features is not None, "call load_features(model) first"
-        fine, coarse = unpack_maps(self.features[frames])
-        return FrozenEfficientNetLite0.combine(fine, coarse, self.space_to_depth)
+        maps = list(unpack_maps(self.features[frames]))
+        if self.vision_stride8:
+            maps.insert(0, self.features_s8[frames].float().view(len(frames), 40, 16, 16))
+        return FrozenEfficientNetLite0.combine(maps, self.vision_grid)
 
     # -- examples ---------------------------------------------------------------------------------
     def _points_marked(self, target: list[int], roles: list[int]) -> list[int]:
@@ -252,7 +260,30 @@ def shard_features(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
         for i in range(0, shard.num_frames, batch_size):
             fine, coarse = model.vision.maps(pixels_from_uint8(shard.images[i : i + batch_size]))
             out.append(pack_maps(fine, coarse))
-    arr = torch.cat(out).numpy()
+    return _save_cache(cache, torch.cat(out).numpy())
+
+
+def stride8_path(shard_path: Path) -> Path:
+    return shard_path.with_name(shard_path.stem + ".s8.npy")
+
+
+def shard_stride8(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
+    """(N, 10240) fp16 stride-8 maps of a shard (models with `vision_stride8`), cached like the rest."""
+    cache = stride8_path(shard.path)
+    if cache.exists():
+        arr = np.load(cache)
+        if arr.shape[0] == shard.num_frames:
+            return arr
+    logger.info(f"computing frozen stride-8 maps for {shard.path.name} ({shard.num_frames} frames)")
+    out = []
+    for i in range(0, shard.num_frames, batch_size):
+        out.append(
+            model.vision.stride8_map(pixels_from_uint8(shard.images[i : i + batch_size])).flatten(1).half()
+        )
+    return _save_cache(cache, torch.cat(out).numpy())
+
+
+def _save_cache(cache: Path, arr: np.ndarray) -> np.ndarray:
     tmp = cache.with_name(cache.name + ".tmp.npy")
     np.save(tmp, arr)
     tmp.rename(cache)
@@ -263,8 +294,13 @@ def precompute_features(folder: Path, model) -> int:
     """Cache features for every complete shard in `folder` that lacks them (runs beside datagen)."""
     done = 0
     for path in fmt.shard_paths(folder):
-        if not features_path(path).exists():
-            shard_features(fmt.read_shard(path), model)
+        missing = not features_path(path).exists()
+        missing_s8 = model.config.vision_stride8 and not stride8_path(path).exists()
+        if missing or missing_s8:
+            shard = fmt.read_shard(path)
+            shard_features(shard, model)
+            if model.config.vision_stride8:
+                shard_stride8(shard, model)
             done += 1
     return done
 

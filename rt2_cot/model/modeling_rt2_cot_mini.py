@@ -1,8 +1,8 @@
 """rt2-cot-mini: an RT-2 at laptop scale, readable top to bottom.
 
-    image (128 px) --frozen EfficientNet-Lite0--> 8x8 stride-16 map folded 2x2 into channels + the
-                                                  4x4 stride-32 head map
-                   --MLP + 2-D positions-->       16 prefix tokens of width 384
+    image (128 px) --frozen EfficientNet-Lite0--> stride-8 (optional), stride-16 and stride-32 maps,
+                                                  each folded or repeated onto a grid x grid layout
+                   --MLP + 2-D positions-->       grid*grid prefix tokens of width 384
     "[CLS] instruction : ..." --MiniLM embeddings--> text tokens
     [prefix | text] --4 post-LN BERT layers, image tokens see each other, text is causal-->
     hidden --x tied word embeddings of the allowed output tokens--> logits
@@ -11,7 +11,7 @@ The answer is plain text: `plan : pick up the rock . action : 0 131 119 96 128 1
 (the tokenizer is uncased; integers 0..255 are single WordPiece tokens, as in RT-2-PaLI-X).
 
 Fast path for a tight control loop (what `rt2_cot.backends.builtin` drives):
-    prefix = model.encode_image(pixel_values)                       # (B, 16, 384)
+    prefix = model.encode_image(pixel_values)                       # (B, grid*grid, 384)
     logits, cache = model.prefill(prefix, input_ids)                # logits over output_token_ids
     logits, cache = model.decode_step(next_ids, cache)              # one token, KV cache
     model.output_token_ids                                          # LongTensor of vocabulary ids
@@ -34,6 +34,7 @@ from rt2_cot.model.configuration_rt2_cot_mini import Rt2CotMiniConfig
 _NEVER = -1e4
 # EfficientNet-Lite was trained on (x - 127) / 128 without per-channel statistics.
 _PIXEL_MEAN, _PIXEL_STD = 127.0, 128.0
+_STRIDE8_BLOCK = 4  # last block of stage 3 (40 channels, stride 8)
 _STRIDE16_BLOCK = 10  # last block of stage 5 (112 channels, stride 16)
 
 
@@ -41,10 +42,10 @@ _STRIDE16_BLOCK = 10  # last block of stage 5 (112 channels, stride 16)
 # Vision: frozen ImageNet EfficientNet-Lite0, spatial map kept
 # ---------------------------------------------------------------------------------------------
 class FrozenEfficientNetLite0(nn.Module):
-    """Frozen backbone: pixels -> (B, grid*grid, 112 + 1280) features, one row per stride-16 cell.
+    """Frozen backbone: pixels -> (B, grid*grid, C) features, one row per prefix cell.
 
-    The stride-16 map carries where things are; the stride-32 head map (upsampled 2x) carries what
-    they are. Both are ImageNet features, never trained here, so they can be precomputed once.
+    The stride-8 and stride-16 maps carry where things are; the stride-32 head map carries what
+    they are. All are ImageNet features, never trained here, so they can be precomputed once.
     """
 
     def __init__(self) -> None:
@@ -67,28 +68,43 @@ class FrozenEfficientNetLite0(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels -> (stride-16 map (B, 112, 8, 8), stride-32 head map (B, 1280, 4, 4)); compact to cache."""
+    def maps(self, pixel_values: torch.Tensor, stride8: bool = False) -> list[torch.Tensor]:
+        """Pixels -> maps finest first: [stride-8 (B, 40, 16, 16) if `stride8`,] stride-16 (B, 112, 8, 8),
+        stride-32 head (B, 1280, 4, 4). Compact enough to cache once per training frame."""
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(pixel_values)))
+        out = []
         for i, block in enumerate(net._blocks):
             x = block(x)
-            if i == _STRIDE16_BLOCK:
-                fine = x
-        return fine, net._swish(net._bn1(net._conv_head(x)))
+            if (i == _STRIDE8_BLOCK and stride8) or i == _STRIDE16_BLOCK:
+                out.append(x)
+        return [*out, net._swish(net._bn1(net._conv_head(x)))]
+
+    @torch.no_grad()
+    def stride8_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the stride-8 map alone (B, 40, 16, 16), for caching it beside older caches."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixel_values)))
+        for block in net._blocks[: _STRIDE8_BLOCK + 1]:
+            x = block(x)
+        return x
 
     @staticmethod
-    def combine(fine: torch.Tensor, coarse: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
-        """Both maps -> (B, cells, C): the stride-16 map folded `space_to_depth` x `space_to_depth`
-        into channels (no information lost), the head map resized onto the same grid."""
-        if space_to_depth > 1:
-            fine = F.pixel_unshuffle(fine, space_to_depth)
-        if coarse.shape[-2:] != fine.shape[-2:]:
-            coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
-        return torch.cat([fine, coarse], dim=1).flatten(2).transpose(1, 2)
+    def combine(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
+        """Maps -> (B, grid*grid, C): maps finer than the grid folded into channels (space-to-depth,
+        nothing lost), coarser ones repeated onto it; one row per cell, row-major."""
+        cells = []
+        for m in maps:
+            side = m.shape[-1]
+            if side > grid:
+                m = F.pixel_unshuffle(m, side // grid)
+            elif side < grid:
+                m = F.interpolate(m, size=(grid, grid), mode="nearest")
+            cells.append(m)
+        return torch.cat(cells, dim=1).flatten(2).transpose(1, 2)
 
-    def forward(self, pixel_values: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
-        return self.combine(*self.maps(pixel_values), space_to_depth)
+    def forward(self, pixel_values: torch.Tensor, grid: int = 4, stride8: bool = False) -> torch.Tensor:
+        return self.combine(self.maps(pixel_values, stride8), grid)
 
     def fused_for_inference(self) -> FrozenEfficientNetLite0:
         """A copy with every BatchNorm folded into the convolution before it (same function up to
@@ -256,9 +272,10 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         return (images_uint8.permute(0, 3, 1, 2).float() - _PIXEL_MEAN) / _PIXEL_STD
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen backbone features (B, 16, 1728); training caches the maps once per frame."""
+        """Frozen backbone features (B, grid*grid, vision_feature_dim); training caches the maps."""
+        cfg = self.config
         return self.vision(
-            pixel_values.to(self.projector.fc1.weight.dtype), self.config.vision_space_to_depth
+            pixel_values.to(self.projector.fc1.weight.dtype), cfg.vision_grid, cfg.vision_stride8
         )
 
     def encode_image(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None):

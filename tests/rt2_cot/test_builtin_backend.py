@@ -47,14 +47,16 @@ WORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint."""
+@pytest.fixture(scope="module", params=[(4, False), (8, True)], ids=["grid4", "grid8-stride8"])
+def checkpoint(request, tmp_path_factory):
+    """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint, in
+    both image-prefix layouts (16 tokens from two maps; 64 tokens from three)."""
     torch.manual_seed(0)
     tok = rt2_model.load_tokenizer()
     ids = sorted(set(tok.convert_tokens_to_ids([*WORDS, *(str(i) for i in range(256)), "[SEP]"])))
+    grid, stride8 = request.param
     model = rt2_model.Rt2CotMiniForConditionalGeneration(
-        rt2_model.Rt2CotMiniConfig(output_token_ids=ids)
+        rt2_model.Rt2CotMiniConfig(output_token_ids=ids, vision_grid=grid, vision_stride8=stride8)
     ).eval()
     model.load_pretrained_parts()
     with torch.no_grad():

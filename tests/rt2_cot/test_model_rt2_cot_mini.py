@@ -150,3 +150,27 @@ def test_committed_checkpoint_writes_plan_and_eight_action_integers():
     m = re.search(r"plan\s*:\s*(.+?)\s*\.\s*action\s*:\s*((?:\d+\s*){8})$", text.strip())
     assert m, text
     assert all(0 <= int(v) <= 255 for v in m.group(2).split())
+
+
+@pytest.mark.parametrize(
+    ("grid", "stride8", "dim"), [(4, False, 4 * 112 + 1280), (8, True, 4 * 40 + 112 + 1280)]
+)
+def test_image_prefix_layouts_fold_every_map_onto_the_grid(grid, stride8, dim):
+    config = Rt2CotMiniConfig(num_hidden_layers=1, vision_grid=grid, vision_stride8=stride8)
+    assert config.vision_feature_dim == dim and config.num_image_tokens == grid * grid
+    m = Rt2CotMiniForConditionalGeneration(config).eval()
+    m.vision.load_imagenet_weights()
+    pixels = Rt2CotMiniForConditionalGeneration.normalize_pixels(
+        torch.from_numpy(_images(0, 2)[:, :128, :128])
+    )
+    maps = m.vision.maps(pixels, stride8)
+    assert [tuple(x.shape[1:]) for x in maps] == [(40, 16, 16)] * stride8 + [(112, 8, 8), (1280, 4, 4)]
+    feats = m.image_features(pixels)
+    assert feats.shape == (2, grid * grid, dim)
+    # Folding loses nothing: the first token starts with the finest map's top-left 2x2 cells.
+    first = maps[0][0, :, :2, :2].reshape(-1)
+    assert torch.allclose(feats[0, 0, : first.numel()], first)
+    assert m.encode_image(pixel_values=pixels).shape == (2, grid * grid, config.hidden_size)
+    # An older checkpoint's config (stored `vision_space_to_depth`, `vision_feature_dim`) still loads.
+    old = Rt2CotMiniConfig(vision_space_to_depth=2, vision_feature_dim=1728)
+    assert old.vision_feature_dim == 1728 and old.num_image_tokens == 16
