@@ -94,3 +94,39 @@ class VLAPolicy:
         output.replanned = replan
         output.extras.setdefault("step", observation.step)
         return output
+
+
+class OraclePlanPolicy(VLAPolicy):
+    """Diagnostic: the plan comes from the simulator, the model writes only the eight action tokens.
+
+    Every step the task's canonical plan, grounded with the objects' true image points when the
+    model was trained on grounded plans ("pick up the apple at 30 41"), is given as text exactly as
+    plan reuse gives the model's own plan. Success under this policy is the model's acting ability
+    with perfect reasoning and perfect localisation (ECoT's oracle-reasoning check); the gap to the
+    plain policy is what the model's own plans cost.
+    """
+
+    def __init__(self, backend: Backend, sim, grounded: bool = True, **kwargs) -> None:
+        super().__init__(backend, **kwargs)
+        self.sim = sim
+        self.grounded = grounded
+        self.name = f"vla+oracle-plan:{getattr(backend, 'name', type(backend).__name__)}"
+
+    def oracle_plan(self) -> str:
+        from rt2_cot.data.grounding import ground_plan, scene_points
+
+        task = self.sim.task
+        if not self.grounded:
+            return task.plan
+        # Points in the 0..255 units of the full camera frame, as datagen records them.
+        w, h = self.sim.config.width, self.sim.config.height
+        return ground_plan(task.plan, task.target, task.reference, scene_points(self.sim, w, h), task.tiles)
+
+    def _needs_plan(self, instruction: str) -> bool:
+        return False
+
+    def step(self, observation: Observation, on_event: Callable[[Event], None] | None = None) -> PolicyOutput:
+        if observation.instruction != self._instruction:
+            self.reset(observation.instruction)
+        self._plan = self.oracle_plan()
+        return super().step(observation, on_event)

@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replan-every", type=int, default=1, help="model policy: write a new plan every N steps (0 = once)"
     )
+    parser.add_argument(
+        "--plan-source",
+        default="model",
+        choices=["model", "oracle", "oracle-ungrounded"],
+        help="model policy: who writes the plan. oracle: the simulator gives the task's plan with the "
+        "objects' true image points, the model only acts (diagnostic); oracle-ungrounded: without points",
+    )
     parser.add_argument("--report", type=Path, help="write a Markdown report here")
     parser.add_argument("--csv", type=Path, help="write one CSV row per episode here")
     parser.add_argument("--save", type=Path, help="write the full results as JSON (for --compare-with)")
@@ -60,6 +67,11 @@ def _policy_factory(args: argparse.Namespace):
     from rt2_cot.vla_policy import VLAPolicy
 
     backend = load_backend(args.model)  # loaded once; every case reuses it
+    if args.plan_source != "model":
+        from rt2_cot.vla_policy import OraclePlanPolicy
+
+        grounded = args.plan_source == "oracle"
+        return lambda sim: OraclePlanPolicy(backend, sim, grounded=grounded)
     return lambda _sim: VLAPolicy(backend, replan_every=args.replan_every)
 
 

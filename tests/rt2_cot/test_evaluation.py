@@ -466,3 +466,50 @@ def test_episodes_per_category_share_evenly_over_a_categorys_cases():
     assert per_case["smoke_thirsty"] == 3
     assert run.total_episodes() == 2 * 2 + 3 * 3
     assert SuiteRun(suite, lambda sim: HoldStill(), episodes_per_case=4).total_episodes() == 20
+
+
+class RecordingBackend:
+    """Acts (holds still) without writing a plan; remembers what it was given."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.given: list[str | None] = []
+
+    def stream(self, request, stop=None):
+        self.given.append(request.given_plan)
+        yield " 0 128 128 128 128 128 128 255"
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_oracle_plan_policy_gives_the_simulators_plan_and_the_model_only_acts(rig, grounded):
+    from rt2_cot.data.grounding import plan_points, scene_points, strip_grounding
+    from rt2_cot.vla_policy import OraclePlanPolicy
+
+    backend = RecordingBackend()
+    sim = rig[0]
+    targets = []
+
+    def factory(sim_):
+        assert sim_ is sim
+        policy = OraclePlanPolicy(backend, sim_, grounded=grounded)
+        real_plan = policy.oracle_plan
+
+        def plan_and_truth():
+            targets.append(scene_points(sim_, 320, 240)[sim_.task.target])
+            return real_plan()
+
+        policy.oracle_plan = plan_and_truth
+        return policy
+
+    report = run_suite(load_suite(SMOKE), factory, seed=0, max_steps=3, rig=rig, shield=_shield(rig[1]))
+    assert report.policy.startswith("vla+oracle-plan:")
+    assert backend.given and all(g for g in backend.given)  # every step: a given plan, never written
+    for given, truth in zip(backend.given, targets, strict=True):
+        if grounded:
+            _name, x, y = plan_points(given)[0]
+            assert (x, y) == tuple(truth)  # the target's true point, this very step
+        else:
+            assert given == strip_grounding(given) and plan_points(given) == []
+    if grounded:
+        assert report.summary()["plan_point_error"] == pytest.approx(0, abs=1.5)
