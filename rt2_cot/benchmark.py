@@ -100,6 +100,9 @@ class NaiveGenerateBackend:
         self.model, self.processor, self.tokenizer = model, processor, processor.tokenizer
         self.token_map = detect_token_map(self.tokenizer)
         self.max_plan_tokens = max_plan_tokens
+        from rt2_cot.constrained import readout_dims
+
+        self.expected_dims = readout_dims(model.config)  # the checkpoint's, as the fast path reads it
 
     def stream(self, request: GenerationRequest, stop: threading.Event | None = None) -> Iterator[str]:
         import torch
@@ -115,6 +118,7 @@ class NaiveGenerateBackend:
             max_new_tokens=request.max_new_tokens,
             max_plan_tokens=self.max_plan_tokens or DEFAULT_MAX_PLAN_TOKENS,
             eos_id=int(self.model.config.eos_token_id),
+            expected_dims=self.expected_dims,
         )
         text = build_prompt(request.prompt_style, request.instruction, request.given_plan)
         inputs = self.processor(images=request.image, text=text)

@@ -12,6 +12,14 @@ a plan, decoding starts at the action tokens. `StopEventCriteria` ends generatio
 when a `threading.Event` is set. `ActionTextStreamer` turns action ids into their bin numbers as
 text, so a tail vocabulary (whose ids decode to junk) streams `Action: 0 131 ...` like any other.
 
+Action readout. Greedy decoding takes each action token's argmax. A model whose six motion bins were
+trained as ordinal quantities (soft targets over neighbouring bins plus an L1 loss on the expected bin,
+as rt2-cot-mini is) can instead be read out at the expected bin: `readout_dims(config)` lists the
+action positions to read that way (`action_readout: expected` in the model config; terminate and
+gripper stay argmax). Under uncertainty the argmax of such a head is the spike at "no motion" (128);
+the expectation still moves toward the target. `ActionGrammarProcessor` then allows only the
+expected bin's token at those positions, so generate() and the fast path give the same tokens.
+
 Remote (OpenAI-compatible servers): `action_regex(style)` is the same grammar as a guided-decoding
 regex (vLLM / SGLang `guided_regex`), with 0..255 enforced digit by digit.
 """
@@ -60,6 +68,7 @@ class GrammarSpec:
     text_vocab_size: int = 0  # ids >= this are never plan text (added tokens, embedding padding)
     banned_in_plan: frozenset[int] = frozenset()
     banned_as_plan_start: frozenset[int] = frozenset()  # an empty plan is not a plan
+    expected_dims: tuple[int, ...] = ()  # action positions read out as the expected bin (greedy only)
 
     @property
     def max_new_tokens(self) -> int:
@@ -84,6 +93,7 @@ class GrammarSpec:
         max_new_tokens: int | None = None,
         max_plan_tokens: int = DEFAULT_MAX_PLAN_TOKENS,
         eos_id: int | None = None,
+        expected_dims: tuple[int, ...] = (),
     ) -> GrammarSpec:
         """The grammar for a prompt style. `max_new_tokens` (if given) caps the plan budget to fit."""
         template = get_template(style)
@@ -126,6 +136,7 @@ class GrammarSpec:
             text_vocab_size=int(getattr(tokenizer, "vocab_size", 0) or len(tokenizer)),
             banned_in_plan=frozenset(banned),
             banned_as_plan_start=frozenset(starts),
+            expected_dims=tuple(expected_dims),
         )
 
 
@@ -185,6 +196,26 @@ class GrammarState:
             self.advance(token_id)
 
 
+MOTION_DIMS = (1, 2, 3, 4, 5, 6)  # dx dy dz droll dpitch dyaw (0 is terminate, 7 the gripper)
+ACTION_READOUTS = ("argmax", "expected")
+
+
+def readout_dims(config, override: str | None = None) -> tuple[int, ...]:
+    """Action positions to read out as the expected bin: from `override` if given, else from the
+    model config's `action_readout` ("argmax" when absent: any checkpoint not trained for it)."""
+    readout = override or getattr(config, "action_readout", None) or "argmax"
+    if readout not in ACTION_READOUTS:
+        raise ConfigError(f"action readout must be one of {', '.join(ACTION_READOUTS)}, got {readout!r}")
+    return MOTION_DIMS if readout == "expected" else ()
+
+
+def expected_bin_index(logits: torch.Tensor, bins: torch.Tensor) -> int:
+    """Index (into `logits`/`bins`) of the bin nearest to the softmax-expected bin."""
+    p = torch.softmax(logits.float(), dim=-1)
+    mean = float((p * bins).sum())
+    return int(torch.argmin((bins - round(mean)).abs()))
+
+
 class ActionGrammarProcessor(LogitsProcessor):
     """Masks the logits of every sequence in the batch to what its grammar state allows next."""
 
@@ -220,7 +251,13 @@ class ActionGrammarProcessor(LogitsProcessor):
                 out[row, forced] = 0.0
             elif state.phase is Phase.ACTION:
                 ids = torch.tensor(self.spec.token_map.ids, device=scores.device)
-                out[row, ids] = scores[row, ids]
+                if state.actions in self.spec.expected_dims:
+                    bins = torch.tensor(
+                        [self.spec.token_map.bin_of(int(i)) for i in ids.tolist()], dtype=torch.float32
+                    )
+                    out[row, ids[expected_bin_index(scores[row, ids], bins.to(scores.device))]] = 0.0
+                else:
+                    out[row, ids] = scores[row, ids]
             else:  # free plan text
                 mask = self._plan_mask(vocab, scores.device, plan_empty=not clean_plan(state.plan_text))
                 out[row] = scores[row].masked_fill(~mask, float("-inf"))

@@ -62,6 +62,9 @@ class TrainConfig:
     stale_plan_fraction: float = 0.0  # robot examples whose plan is 1-4 steps old, as plan reuse feeds it
     action_sigma_bins: float = 3.0
     action_aux_weight: float = 1.0
+    # Written into the checkpoint: greedy decoding reads the motion bins at their expected value,
+    # which the soft targets + L1 above train (rt2_cot.constrained). "argmax" for plain RT-2 readout.
+    action_readout: str = "expected"
     hidden_dropout: float = 0.1
     log_every: int = 25
     eval_every: int = 250
@@ -231,6 +234,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         num_hidden_layers=cfg.num_hidden_layers,
         vision_grid=cfg.vision_grid,
         vision_stride8=cfg.vision_stride8,
+        action_readout=cfg.action_readout,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )

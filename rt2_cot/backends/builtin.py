@@ -108,12 +108,14 @@ class BuiltinBackend:
         drafts: bool = True,
         quantize: bool = False,
         max_plan_tokens: int | None = None,
+        action_readout: str | None = None,
     ) -> None:
         """Load from a checkpoint folder (`path`) or wrap an already built `model` + `processor`.
 
         `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
         `quantize`: dynamic int8 decoder linears, in place (not token-identical; off by default).
         `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
+        `action_readout`: "argmax" or "expected" for the motion bins (default: the checkpoint's).
         `num_threads`: torch intra-op threads (default: `default_num_threads()`).
         """
         import rt2_cot.model as rt2_model  # registers the Auto classes
@@ -132,6 +134,9 @@ class BuiltinBackend:
         self.tokenizer = processor.tokenizer
         self.drafts_enabled = drafts
         self.max_plan_tokens = max_plan_tokens
+        from rt2_cot.constrained import readout_dims
+
+        self.expected_dims = readout_dims(self.model.config, action_readout)
         self.last_stats = StepStats()
         self._lock = threading.Lock()
         self._draft: dict[tuple, list[int]] = {}
@@ -180,6 +185,7 @@ class BuiltinBackend:
                 [float(self.out_b[r]) if r is not None else _NEVER for r in rows], dtype=self.out_w.dtype
             )
             self.act_in_vocab = torch.tensor([r is not None for r in rows])
+            self.act_bins = torch.tensor([float(self.token_map.bin_of(t)) for t in act])
         self._plan_allowed: dict[tuple, torch.Tensor] = {}
 
     def _spec(self, style: str, given_plan: bool, max_new_tokens: int):
@@ -195,6 +201,7 @@ class BuiltinBackend:
                 max_new_tokens=max_new_tokens,
                 max_plan_tokens=self.max_plan_tokens or DEFAULT_MAX_PLAN_TOKENS,
                 eos_id=int(self.model.config.eos_token_id),
+                expected_dims=self.expected_dims,
             )
         return self._spec_cache[key]
 
@@ -342,6 +349,11 @@ class BuiltinBackend:
         if state.phase is Phase.ACTION:
             logits = F.linear(hidden, self.act_w, self.act_b)[0]
             ids = self.act_ids
+            greedy = not (request.temperature and request.temperature > 0)
+            if greedy and state.actions in state.spec.expected_dims:
+                from rt2_cot.constrained import expected_bin_index
+
+                return int(ids[expected_bin_index(logits, self.act_bins)])
         else:
             logits = F.linear(hidden, self.out_w, self.out_b)[0]
             mask = self._plan_mask(state.spec, plan_empty=not clean_plan(state.plan_text))

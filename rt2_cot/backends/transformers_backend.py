@@ -66,6 +66,7 @@ class TransformersBackend:
         action_tokens: str = "auto",
         max_plan_tokens: int | None = None,
         constrain: bool = True,
+        action_readout: str | None = None,
     ) -> None:
         self.path = check_checkpoint_folder(path)
         self.name = f"transformers:{self.path.name}"
@@ -93,6 +94,9 @@ class TransformersBackend:
         self.model = self._load_model(transformers, trust_remote_code, dtype).to(device).eval()
         self.model_type = getattr(self.config, "model_type", "")
         self.token_map = detect_token_map(self.tokenizer, action_tokens)
+        from rt2_cot.constrained import readout_dims
+
+        self.expected_dims = readout_dims(self.config, action_readout)
         self._call_params = _parameters(self.processor)
         self._lock = threading.Lock()
         logger.debug(
@@ -206,6 +210,7 @@ class TransformersBackend:
                 given_plan=request.given_plan is not None,
                 max_new_tokens=request.max_new_tokens,
                 max_plan_tokens=self.max_plan_tokens,
+                expected_dims=self.expected_dims if request.temperature <= 0 else (),
             )
             streamer: TextIteratorStreamer = ActionTextStreamer(self.tokenizer, spec, timeout=None)
             kwargs["logits_processor"] = LogitsProcessorList([ActionGrammarProcessor(spec, prompt_length)])

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="fraction of episodes whose executed steps are sometimes jittered (labels stay the oracle's; DART)",
     )
+    parser.add_argument(
+        "--no-shield",
+        action="store_true",
+        help="execute the oracle's commands unclipped (how data was written before session 3; the "
+        "console and eval always act through the safety shield, so new data should too)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         episodes_per_shard=args.episodes_per_shard,
         max_steps=args.max_steps,
         noisy_episodes=args.noisy_episodes,
+        shielded=not args.no_shield,
     )
     totals = generate(args.out, cfg)
     print(json.dumps({"out": str(args.out), **totals}), file=sys.stdout)

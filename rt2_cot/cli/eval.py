@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model policy: who writes the plan. oracle: the simulator gives the task's plan with the "
         "objects' true image points, the model only acts (diagnostic); oracle-ungrounded: without points",
     )
+    parser.add_argument(
+        "--action-readout",
+        choices=["argmax", "expected"],
+        help="model policy, local checkpoints: how greedy decoding reads the motion bins "
+        "(default: what the checkpoint's config says; see rt2_cot.constrained)",
+    )
     parser.add_argument("--report", type=Path, help="write a Markdown report here")
     parser.add_argument("--csv", type=Path, help="write one CSV row per episode here")
     parser.add_argument("--save", type=Path, help="write the full results as JSON (for --compare-with)")
@@ -66,7 +72,10 @@ def _policy_factory(args: argparse.Namespace):
     from rt2_cot.backends import load_backend
     from rt2_cot.vla_policy import VLAPolicy
 
-    backend = load_backend(args.model)  # loaded once; every case reuses it
+    if args.action_readout and args.model.startswith(("http://", "https://")):
+        raise ConfigError("--action-readout applies to local checkpoints; a server decides its own readout")
+    options = {"action_readout": args.action_readout} if args.action_readout else {}
+    backend = load_backend(args.model, **options)  # loaded once; every case reuses it
     if args.plan_source != "model":
         from rt2_cot.vla_policy import OraclePlanPolicy
 

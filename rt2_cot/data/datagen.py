@@ -59,6 +59,12 @@ class DatagenConfig:
     noisy_episodes: float = 0.5
     noise_step_prob: float = 0.3
     noise_std_m: float = 0.015
+    # Execute every step through the safety shield's clipping (`robot_io.safety.clip_command`, default
+    # limits), as the console and `rt2-cot eval` do: a close then takes two steps (gripper rate 0.5 a
+    # step), so the model sees the half-closed gripper it will meet in closed loop. Labels stay the
+    # oracle's command. Data written before session 3 executed commands unshielded (one-step close);
+    # a model trained on it fails closed loop even when handed a correct plan (model card).
+    shielded: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +198,9 @@ def _perturbed(command, rng: np.random.Generator, std_m: float):
 
 
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) -> dict:
+    from robot_io.safety import SafetyLimits, clip_command
+
+    limits = SafetyLimits()
     sim.reset(task, seed=seed)
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
@@ -208,6 +217,8 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
             break
         if noisy and noise_rng.random() < cfg.noise_step_prob:
             command = _perturbed(command, noise_rng, cfg.noise_std_m)
+        if cfg.shielded:
+            command, _notes = clip_command(command, sim.ee_state(), limits)
         sim.apply(command)
     return {
         "images": images,

@@ -53,6 +53,10 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # Logits are computed against these rows of the tied word embeddings only: 30x cheaper
         # per decoded token than the full 30,522-word layer.
         output_token_ids: list[int] | None = None,
+        # How greedy decoding reads the six motion bins: "expected" (the softmax-expected bin) for
+        # checkpoints trained with soft ordinal targets + L1 on the expected bin, "argmax" otherwise
+        # (see rt2_cot.constrained). Terminate and gripper are always argmax.
+        action_readout: str = "argmax",
         bos_token_id: int = BOS_TOKEN_ID,
         eos_token_id: int = EOS_TOKEN_ID,
         pad_token_id: int = PAD_TOKEN_ID,
@@ -75,6 +79,7 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout = hidden_dropout
         self.output_token_ids = list(output_token_ids) if output_token_ids is not None else []
+        self.action_readout = action_readout
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(
             bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs

@@ -209,3 +209,25 @@ def test_sampling_is_seeded_and_valid(backend):
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="not an rt2-cot-mini checkpoint"):
         BuiltinBackend(tmp_path)
+
+
+def test_expected_readout_equals_generate_and_differs_from_argmax(checkpoint, backend):
+    """`action_readout="expected"` reads the six motion bins at their softmax expectation in both
+    the fast path and generate() (through the grammar processor): same tokens, and not argmax's."""
+    expected = BuiltinBackend(checkpoint, num_threads=1, action_readout="expected")
+    assert expected.expected_dims == (1, 2, 3, 4, 5, 6) and backend.expected_dims == ()
+    differs = False
+    for image in frames(3, seed=7):
+        request = GenerationRequest(
+            image=image, instruction="pick up the rock", given_plan="pick up the rock"
+        )
+        _text, ids = run(expected, request)
+        assert ids == reference_ids(expected, request)
+        _text, argmax_ids = run(backend, request)
+        bins = [expected.token_map.bin_of(t) for t in ids]
+        argmax_bins = [backend.token_map.bin_of(t) for t in argmax_ids]
+        assert bins[0] == argmax_bins[0]  # terminate comes first and stays argmax
+        differs |= bins[1:7] != argmax_bins[1:7]
+    assert differs
+    with pytest.raises(Exception, match="action readout"):
+        BuiltinBackend(checkpoint, num_threads=1, action_readout="median")

@@ -204,3 +204,33 @@ def test_token_map_detection_and_overrides(wordpiece, digit_splitting):
     tokenizer_with_special_in_tail = SimpleNamespace(vocab_size=600, all_special_ids=[0, 550])
     with pytest.raises(ConfigError, match="special tokens"):
         detect_token_map(tokenizer_with_special_in_tail, style="tail")
+
+
+def test_expected_bin_index_reads_the_mean_not_the_mode():
+    import torch
+
+    from rt2_cot.constrained import expected_bin_index
+
+    bins = torch.arange(256, dtype=torch.float32)
+    logits = torch.full((256,), -30.0)
+    logits[128], logits[200] = 1.0, 0.8  # the spike at "no motion" wins argmax ...
+    assert int(torch.argmax(logits)) == 128
+    mean = (torch.softmax(logits, -1) * bins).sum()
+    assert expected_bin_index(logits, bins) == round(float(mean)) and 160 < float(mean) < 168
+    # ... and a confident head reads the same either way.
+    sharp = torch.full((256,), -30.0)
+    sharp[37] = 10.0
+    assert expected_bin_index(sharp, bins) == 37
+
+
+def test_readout_dims_from_config_or_override():
+    from types import SimpleNamespace
+
+    from rt2_cot.constrained import MOTION_DIMS, readout_dims
+    from rt2_cot.errors import ConfigError
+
+    assert readout_dims(SimpleNamespace()) == ()  # checkpoints that never heard of it: argmax
+    assert readout_dims(SimpleNamespace(action_readout="expected")) == MOTION_DIMS
+    assert readout_dims(SimpleNamespace(action_readout="expected"), "argmax") == ()
+    with pytest.raises(ConfigError):
+        readout_dims(SimpleNamespace(action_readout="mode"))
