@@ -93,3 +93,23 @@ def test_text_questions_do_arithmetic():
             x = words.index(left) if left in words else int(left)
             y = words.index(right) if right in words else int(right)
             assert int(a) == (x + y if op == "plus" else x - y)
+
+
+@pytest.mark.parametrize("shielded", [True, False])
+def test_episodes_execute_through_the_shield_so_a_close_takes_two_steps(shielded):
+    """Eval and the console clip every command with the safety shield (gripper rate 0.5 a step);
+    data made the same way shows the half-closed gripper the model will meet in closed loop."""
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import run_episode
+
+    sim, rng = TabletopSim(), np.random.default_rng(0)
+    task = sample_task(rng, family="pick")
+    cfg = DatagenConfig(episodes=1, noisy_episodes=0.0, shielded=shielded)
+    actions = np.array(run_episode(sim, task, 11, cfg, ActionCodec())["actions"])
+    assert sim.success()
+    closing = [i for i in range(1, len(actions)) if actions[i - 1, 7] == 255 and actions[i, 7] == 0]
+    assert closing  # the oracle closed the gripper
+    i = closing[0]
+    # With the shield the gripper is at 0.5 after the first close: the oracle closes again in place.
+    assert (actions[i + 1, 7] == 0 and (actions[i + 1, 1:4] == 128).all()) == shielded
