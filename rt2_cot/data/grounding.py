@@ -143,14 +143,19 @@ def _task(d: dict):
     return TaskSpec(**d)
 
 
-def replay_points(sim, episode: dict, actions: np.ndarray, width: int, height: int) -> list[dict]:
+def replay_points(
+    sim, episode: dict, actions: np.ndarray, width: int, height: int, shielded: bool = False
+) -> list[dict]:
     """Replay one recorded oracle episode without rendering; the points of each of its frames.
+    `shielded`: the episode was executed through the safety shield's clipping (datagen's default
+    since session 3; shards record it in their `datagen` settings).
 
     Raises ValueError if the replay diverges from the recorded actions (then the points would lie).
     """
+    from robot_io.safety import SafetyLimits, clip_command
     from rt2_cot.action_codec import ActionCodec
 
-    codec = ActionCodec()
+    codec, limits = ActionCodec(), SafetyLimits()
     sim.reset(_task(episode["task"]), seed=int(episode["seed"]))
     points = []
     for step, recorded in enumerate(actions):
@@ -160,6 +165,8 @@ def replay_points(sim, episode: dict, actions: np.ndarray, width: int, height: i
         points.append(scene_points(sim, width, height))
         if command.terminate:
             break
+        if shielded:
+            command, _notes = clip_command(command, sim.ee_state(), limits)
         sim.apply(command)
     return points
 
@@ -187,7 +194,7 @@ def add_grounding(folder: Path, pointing_per_frame: int = 2, seed: int = 0) -> d
         for ep in meta["episodes"]:
             idx = np.flatnonzero(episode_ids == ep["id"])
             try:
-                points = replay_points(sim, ep, actions[idx], width, height)
+                points = replay_points(sim, ep, actions[idx], width, height, bool(cfg.get("shielded", False)))
             except ValueError as exc:
                 logger.warning(f"{path.name}: {exc}; its frames keep ungrounded plans")
                 totals["diverged_episodes"] += 1
