@@ -249,18 +249,13 @@ def features_path(shard_path: Path) -> Path:
 
 def shard_features(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
     """(N, 27648) fp16 backbone features of a shard, from its cache file or computed and cached."""
-    cache = features_path(shard.path)
-    if cache.exists():
-        arr = np.load(cache)
-        if arr.shape[0] == shard.num_frames:
-            return arr
-    logger.info(f"computing frozen image features for {shard.path.name} ({shard.num_frames} frames)")
-    out = []
-    with torch.no_grad():
-        for i in range(0, shard.num_frames, batch_size):
-            fine, coarse = model.vision.maps(pixels_from_uint8(shard.images[i : i + batch_size]))
-            out.append(pack_maps(fine, coarse))
-    return _save_cache(cache, torch.cat(out).numpy())
+    return _cached(
+        shard,
+        features_path(shard.path),
+        "frozen image features",
+        batch_size,
+        lambda pixels: pack_maps(*model.vision.maps(pixels)),
+    )
 
 
 def stride8_path(shard_path: Path) -> Path:
@@ -269,21 +264,30 @@ def stride8_path(shard_path: Path) -> Path:
 
 def shard_stride8(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
     """(N, 10240) fp16 stride-8 maps of a shard (models with `vision_stride8`), cached like the rest."""
-    cache = stride8_path(shard.path)
+    return _cached(
+        shard,
+        stride8_path(shard.path),
+        "frozen stride-8 maps",
+        batch_size,
+        lambda pixels: model.vision.stride8_map(pixels).flatten(1).half(),
+    )
+
+
+def _cached(shard: fmt.Shard, cache: Path, what: str, batch_size: int, encode) -> np.ndarray:
+    """`encode(pixels) -> (B, D)` over a shard's frames, loaded from `cache` if it matches the shard,
+    else computed in batches and written atomically."""
     if cache.exists():
         arr = np.load(cache)
         if arr.shape[0] == shard.num_frames:
             return arr
-    logger.info(f"computing frozen stride-8 maps for {shard.path.name} ({shard.num_frames} frames)")
-    out = []
-    for i in range(0, shard.num_frames, batch_size):
-        out.append(
-            model.vision.stride8_map(pixels_from_uint8(shard.images[i : i + batch_size])).flatten(1).half()
-        )
-    return _save_cache(cache, torch.cat(out).numpy())
-
-
-def _save_cache(cache: Path, arr: np.ndarray) -> np.ndarray:
+    logger.info(f"computing {what} for {shard.path.name} ({shard.num_frames} frames)")
+    with torch.no_grad():
+        arr = torch.cat(
+            [
+                encode(pixels_from_uint8(shard.images[i : i + batch_size]))
+                for i in range(0, shard.num_frames, batch_size)
+            ]
+        ).numpy()
     tmp = cache.with_name(cache.name + ".tmp.npy")
     np.save(tmp, arr)
     tmp.rename(cache)
