@@ -224,6 +224,15 @@ class ActionGrammarProcessor(LogitsProcessor):
         self.prompt_length = int(prompt_length)
         self.states: list[GrammarState] = []
         self._plan_masks: dict[tuple[int, str, bool], torch.Tensor] = {}
+        self._bins_by_device: dict[str, torch.Tensor] = {}
+
+    def _bins(self, device: torch.device) -> torch.Tensor:
+        """The bin each action id carries, in `token_map.ids` order (for the expected readout)."""
+        key = str(device)
+        if key not in self._bins_by_device:
+            bins = [self.spec.token_map.bin_of(int(i)) for i in self.spec.token_map.ids]
+            self._bins_by_device[key] = torch.tensor(bins, dtype=torch.float32, device=device)
+        return self._bins_by_device[key]
 
     def _plan_mask(self, vocab: int, device: torch.device, plan_empty: bool) -> torch.Tensor:
         key = (vocab, str(device), plan_empty)
@@ -252,10 +261,7 @@ class ActionGrammarProcessor(LogitsProcessor):
             elif state.phase is Phase.ACTION:
                 ids = torch.tensor(self.spec.token_map.ids, device=scores.device)
                 if state.actions in self.spec.expected_dims:
-                    bins = torch.tensor(
-                        [self.spec.token_map.bin_of(int(i)) for i in ids.tolist()], dtype=torch.float32
-                    )
-                    out[row, ids[expected_bin_index(scores[row, ids], bins.to(scores.device))]] = 0.0
+                    out[row, ids[expected_bin_index(scores[row, ids], self._bins(scores.device))]] = 0.0
                 else:
                     out[row, ids] = scores[row, ids]
             else:  # free plan text
