@@ -30,7 +30,7 @@ from loguru import logger
 from robot_io.errors import RobotIOError
 from rt2_cot.action_codec import ActionCodec
 from rt2_cot.data import format as fmt
-from rt2_cot.data.grounding import ground_plan, pointing_questions, scene_points
+from rt2_cot.data.grounding import execute, ground_plan, pointing_questions, scene_points
 from rt2_cot.model.processing_rt2_cot_mini import resize_image
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -198,9 +198,6 @@ def _perturbed(command, rng: np.random.Generator, std_m: float):
 
 
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) -> dict:
-    from robot_io.safety import SafetyLimits, clip_command
-
-    limits = SafetyLimits()
     sim.reset(task, seed=seed)
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
@@ -217,9 +214,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
             break
         if noisy and noise_rng.random() < cfg.noise_step_prob:
             command = _perturbed(command, noise_rng, cfg.noise_std_m)
-        if cfg.shielded:
-            command, _notes = clip_command(command, sim.ee_state(), limits)
-        sim.apply(command)
+        execute(sim, command, cfg.shielded)
     return {
         "images": images,
         "actions": actions,

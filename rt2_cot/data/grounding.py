@@ -143,6 +143,16 @@ def _task(d: dict):
     return TaskSpec(**d)
 
 
+def execute(sim, command, shielded: bool) -> None:
+    """One recorded step in the simulator, as datagen executes it and replays must: through the
+    safety shield's clipping (default limits) when `shielded`, else as commanded."""
+    if shielded:
+        from robot_io.safety import SafetyLimits, clip_command
+
+        command, _notes = clip_command(command, sim.ee_state(), SafetyLimits())
+    sim.apply(command)
+
+
 def replay_points(
     sim, episode: dict, actions: np.ndarray, width: int, height: int, shielded: bool = False
 ) -> list[dict]:
@@ -152,10 +162,9 @@ def replay_points(
 
     Raises ValueError if the replay diverges from the recorded actions (then the points would lie).
     """
-    from robot_io.safety import SafetyLimits, clip_command
     from rt2_cot.action_codec import ActionCodec
 
-    codec, limits = ActionCodec(), SafetyLimits()
+    codec = ActionCodec()
     sim.reset(_task(episode["task"]), seed=int(episode["seed"]))
     points = []
     for step, recorded in enumerate(actions):
@@ -165,9 +174,7 @@ def replay_points(
         points.append(scene_points(sim, width, height))
         if command.terminate:
             break
-        if shielded:
-            command, _notes = clip_command(command, sim.ee_state(), limits)
-        sim.apply(command)
+        execute(sim, command, shielded)
     return points
 
 
