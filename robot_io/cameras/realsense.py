@@ -23,6 +23,10 @@ from robot_io.types import CameraIntrinsics, Frame
 PLAYBACK_SUFFIXES = (".bag", ".db3")
 
 
+# How long a stopped, non-looping playback must stay silent before its recording counts as read.
+END_QUIET_S = 0.3
+
+
 class RecordingEnded(CameraError):
     """A recording played to its end (and `loop` is off)."""
 
@@ -350,6 +354,7 @@ class RealSenseCamera(Camera):
         """Next frameset with every enabled stream, or None once a recording has ended (with
         `loop`, the recording restarts instead and this keeps waiting)."""
         deadline = time.monotonic() + self.config.timeout_s
+        quiet_since = None  # first empty wait after the playback read as stopped
         while True:
             # Status before the wait: if playback had already stopped and the wait then brings
             # nothing, every frame it played has been delivered, so the recording is exhausted.
@@ -358,9 +363,12 @@ class RealSenseCamera(Camera):
             # Once stopped, 50 ms leaves frames still passing through the pipeline's syncer time
             # to arrive before the recording is declared exhausted.
             stopped = self._playback_stopped()
+            if not stopped:
+                quiet_since = None
             wait_ms = 100 if self._playback is None else (50 if stopped else 20)
             ok, frames = self._pipeline.try_wait_for_frames(wait_ms)
             if ok:
+                quiet_since = None
                 if self._first_frame_at is None:  # not PLAYING yet (see _playback_stopped)
                     self._first_frame_at = time.monotonic()
                 if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
@@ -368,6 +376,13 @@ class RealSenseCamera(Camera):
                     return frames
             elif stopped:
                 if not self.config.loop:
+                    # A one-shot read must not lose the recording's tail, so its end is confirmed
+                    # by END_QUIET_S of silence. A loaded machine can stall the playback or the
+                    # syncer thread past one short wait (CI once read 1 of 10 frames of a .db3).
+                    # A loop keeps the short wait: a lap ended early only restarts sooner.
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since < END_QUIET_S:
+                        continue
                     return None
                 # The deadline stays: a recording that never yields a whole frameset must still
                 # fail after timeout_s instead of restarting forever.
