@@ -36,6 +36,10 @@ class TrainConfig:
     val_data: list[str] = field(default_factory=list)  # empty: hold out `val_episodes_fraction` of data
     val_episodes_fraction: float = 0.05
     init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
+    # Warm start: a training run's directory whose weights (its state.pt, full precision) and output
+    # vocabulary this run starts from, with a fresh optimizer and schedule. For a second phase on
+    # new data; the run's own state.pt still wins when resuming.
+    init_from: str | None = None
     use_vl: bool = True  # vision-language co-training (ablation: false)
     # Plans say where their objects are (rt2_cot.data.grounding), plus pointing questions.
     grounded_plan: bool = False
@@ -243,6 +247,14 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
     return model
 
 
+def warm_start_state(cfg: TrainConfig) -> dict:
+    """The saved training state of the run named by `init_from` (weights, output vocabulary, step)."""
+    path = Path(cfg.init_from) / "state.pt"
+    if not path.exists():
+        raise ConfigError(f"init_from: {path} not found (name a training run's --out directory)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
     new, pretrained, no_decay = [], [], []
     for name, p in model.named_parameters():
@@ -315,8 +327,32 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         data.vl = []
     state_path = out / "state.pt"
     state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
-    output_ids = state["output_ids"] if state else build_output_vocabulary(tokenizer, data.all_target_texts())
+    warm = warm_start_state(cfg) if state is None and cfg.init_from else None
+    if state:
+        output_ids = state["output_ids"]
+    elif warm:
+        output_ids = warm["output_ids"]
+        uncovered = set(build_output_vocabulary(tokenizer, data.all_target_texts())) - set(output_ids)
+        if uncovered:
+            raise ConfigError(
+                f"init_from {cfg.init_from}: its output vocabulary lacks {len(uncovered)} token(s) "
+                f"this data needs ({tokenizer.convert_ids_to_tokens(sorted(uncovered)[:10])})"
+            )
+    else:
+        output_ids = build_output_vocabulary(tokenizer, data.all_target_texts())
     model = build_model(cfg, output_ids)
+    if warm:
+        try:
+            missing, unexpected = model.load_state_dict(warm["model"], strict=False)
+            missing = [k for k in missing if not k.startswith("vision.")]  # frozen, loaded from its package
+            if missing or unexpected:
+                raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"init_from {cfg.init_from} does not fit this config's model (check num_hidden_layers "
+                f"and vision_*): {str(exc)[:300]}"
+            ) from None
+        logger.info(f"warm start from {cfg.init_from} (its step {warm['step']})")
     data.load_features(model)
     if cfg.val_data:
         val = robot_data(cfg.val_data)

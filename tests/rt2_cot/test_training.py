@@ -63,6 +63,21 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     )
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
+    # `init_from`: a second phase starts from the run's weights (fresh optimizer), not from scratch.
+    from dataclasses import replace
+
+    from rt2_cot.errors import ConfigError
+
+    warm = train(replace(cfg, steps=2, warmup_steps=1, init_from=str(out)), tmp_path / "phase2")
+    assert warm["first_loss"] < 0.7 * first["first_loss"], (first, warm)
+    with pytest.raises(ConfigError, match="does not fit"):
+        train(
+            replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
+            tmp_path / "x",
+        )
+    with pytest.raises(ConfigError, match="not found"):
+        train(replace(cfg, steps=1, init_from=str(tmp_path / "nowhere")), tmp_path / "y")
+
 
 def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
     """With POINT roles a coordinate one unit off costs less than one far off; plain text does not care."""
