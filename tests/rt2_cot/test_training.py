@@ -137,6 +137,15 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     for name, keys in changed.items():
         cfg = asdict(TrainConfig.from_yaml(configs / name))
         assert {k for k in cfg if cfg[k] != default[k]} == keys, name
+    small = asdict(TrainConfig.from_yaml(configs / "ablation_small.yaml"))
+    for name, keys in {
+        "ablation_small_random_init.yaml": {"init"},
+        "ablation_small_no_vl.yaml": {"use_vl", "vl_fraction"},
+    }.items():
+        cfg = asdict(TrainConfig.from_yaml(configs / name))
+        assert {k for k in cfg if cfg[k] != small[k]} == keys, name
+    phase2 = asdict(TrainConfig.from_yaml(configs / "shielded_phase2.yaml"))
+    assert phase2["init_from"] and phase2["vision_grid"] == default["vision_grid"]
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
