@@ -17,7 +17,8 @@ greedy) acts until it terminates or `--max-steps`; success is the simulator's pr
     python benchmarks/acting_probe.py --model runs/default/checkpoint --plan oracle \\
         --readout expected --gripper-rate 0.5 --family pick --episodes 10
 
-Prints one JSON object: settings, successes, episodes, success rate, mean steps.
+Prints one JSON object: settings, successes, episodes, success rate, mean steps. `--trace` adds one
+line a step on stderr: fingertips minus target (cm), gripper, and the decoded command.
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ def run(args: argparse.Namespace) -> dict:
                 image=frame.color, instruction=task.instruction, prompt_style="cot", given_plan=plan
             )
             command = run_step(backend, request, codec).command
+            if args.trace:  # where the fingertips are against the target, and what the model did
+                ee, obj = sim.ee_state().ee_xyz_m, sim.object_position(task.target)
+                print(
+                    json.dumps(
+                        {
+                            "step": taken,
+                            "ee_minus_target_cm": [round(100 * float(v), 1) for v in ee - obj],
+                            "gripper": round(sim.gripper, 2),
+                            "command": None
+                            if command is None
+                            else [
+                                round(float(v), 3)
+                                for v in (*command.delta_xyz_m, command.gripper, command.terminate)
+                            ],
+                        }
+                    ),
+                    file=sys.stderr,
+                )
             if command is None or command.terminate:
                 break
             gripper = float(
@@ -100,6 +119,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--trace", action="store_true", help="one JSON line a step on stderr")
     print(json.dumps(run(ap.parse_args())))
     return 0
 
