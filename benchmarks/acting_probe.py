@@ -17,7 +17,9 @@ greedy) acts until it terminates or `--max-steps`; success is the simulator's pr
     python benchmarks/acting_probe.py --model runs/default/checkpoint --plan oracle \\
         --readout expected --gripper-rate 0.5 --family pick --episodes 10
 
-Prints one JSON object: settings, successes, episodes, success rate, mean steps. `--trace` adds one
+Prints one JSON object: settings, successes, episodes, success rate, mean steps, and what happened at
+each episode's first close (`first_close`: within the grasp radius? then held still and closed
+again, as the oracle does while the shield closes the gripper halfway?). `--trace` adds one
 line a step on stderr: fingertips minus target (cm), gripper, and the decoded command.
 """
 
@@ -50,10 +52,13 @@ def run(args: argparse.Namespace) -> dict:
     backend = load_backend(args.model, action_readout=args.readout)
     sim, codec, rng = TabletopSim(), ActionCodec(), np.random.default_rng(args.seed)
     wins, steps = 0, []
+    # The first close of each episode: was it within the grasp radius, and did the model then hold
+    # still and close again (what the oracle does while the shield lets the gripper close halfway)?
+    closes = {"closed": 0, "within_grasp_radius": 0, "held_and_closed_again": 0}
     for _ in range(args.episodes):
         task = sample_task(rng, family=None if args.family == "any" else args.family)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
-        taken = 0
+        taken, closed_at = 0, None
         while taken < args.max_steps:
             taken += 1
             frame = sim.render()
@@ -85,6 +90,15 @@ def run(args: argparse.Namespace) -> dict:
                     ),
                     file=sys.stderr,
                 )
+            if command is not None and closed_at is not None and taken == closed_at + 1:
+                closes["held_and_closed_again"] += int(
+                    command.gripper < 0.5 and abs(command.delta_xyz_m[2]) < 0.01
+                )
+            if command is not None and closed_at is None and command.gripper < 0.5:
+                closed_at = taken
+                offset = sim.ee_state().ee_xyz_m[:2] - sim.object_position(task.target)[:2]
+                closes["closed"] += 1
+                closes["within_grasp_radius"] += int(np.hypot(*offset) <= sim.config.grasp_radius_m)
             if command is None or command.terminate:
                 break
             gripper = float(
@@ -104,6 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         "episodes": args.episodes,
         "success_rate": round(wins / args.episodes, 3),
         "mean_steps": round(float(np.mean(steps)), 1),
+        "first_close": closes,
     }
 
 
