@@ -21,6 +21,8 @@ Prints one JSON object: settings, successes, episodes, success rate, mean steps,
 each episode's first close (`first_close`: within the grasp radius? then held still and closed
 again, as the oracle does while the shield closes the gripper halfway?). `--trace` adds one
 line a step on stderr: fingertips minus target (cm), gripper, and the decoded command.
+`--finish-close` stands in for a model that knew the gripper's opening: whenever the gripper is
+half-closed, the probe closes it (holding still) before the model acts again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from robot_io.sim.env import TabletopSim
     from robot_io.sim.tasks import sample_task
+    from robot_io.types import EndEffectorCommand
     from rt2_cot.action_codec import ActionCodec
     from rt2_cot.backends import load_backend
     from rt2_cot.backends.base import GenerationRequest
@@ -72,6 +75,10 @@ def run(args: argparse.Namespace) -> dict:
                 image=frame.color, instruction=task.instruction, prompt_style="cot", given_plan=plan
             )
             command = run_step(backend, request, codec).command
+            if args.finish_close and 0.0 < sim.gripper < 1.0 and command is not None:
+                # Diagnostic: a half-closed gripper is finished as the oracle would (hold still, close
+                # again), standing in for a model that knew the gripper's opening.
+                command = EndEffectorCommand(gripper=0.0)
             if args.trace:  # where the fingertips are against the target, and what the model did
                 ee, obj = sim.ee_state().ee_xyz_m, sim.object_position(task.target)
                 print(
@@ -112,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         "plan": args.plan,
         "readout": args.readout,
         "gripper_rate": args.gripper_rate,
+        "finish_close": args.finish_close,
         "family": args.family,
         "seed": args.seed,
         "successes": wins,
@@ -135,6 +143,11 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--trace", action="store_true", help="one JSON line a step on stderr")
+    ap.add_argument(
+        "--finish-close",
+        action="store_true",
+        help="diagnostic: a half-closed gripper is closed fully before the model acts again",
+    )
     print(json.dumps(run(ap.parse_args())))
     return 0
 
