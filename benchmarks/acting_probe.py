@@ -12,7 +12,9 @@ down to the model and the simulator, to separate three reasons a closed-loop epi
     (`--gripper-rate 1`).
 
 Each episode samples a task of `--family` and a scene from `--seed`; the model (fast built-in path,
-greedy) acts until it terminates or `--max-steps`; success is the simulator's predicate.
+greedy) acts until it terminates or `--max-steps`; every command goes through the safety shield's
+clipping (`robot_io.safety.clip_command`, default limits but the gripper rate); success is the
+simulator's predicate. A model trained with the gripper's opening in its prompt is told it.
 
     python benchmarks/acting_probe.py --model runs/default/checkpoint --plan oracle \\
         --readout expected --gripper-rate 0.5 --family pick --episodes 10
@@ -30,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 def run(args: argparse.Namespace) -> dict:
     import torch
 
+    from robot_io.safety import SafetyLimits, clip_command
     from robot_io.sim.env import TabletopSim
     from robot_io.sim.tasks import sample_task
     from robot_io.types import EndEffectorCommand
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     from rt2_cot.step import run_step
 
     torch.set_num_threads(1)
+    limits = SafetyLimits(max_gripper_change=args.gripper_rate)
     backend = load_backend(args.model, action_readout=args.readout)
     sim, codec, rng = TabletopSim(), ActionCodec(), np.random.default_rng(args.seed)
     wins, steps = 0, []
@@ -72,7 +75,11 @@ def run(args: argparse.Namespace) -> dict:
                     task.plan, task.target, task.reference, scene_points(sim, w, h), task.tiles
                 )
             request = GenerationRequest(
-                image=frame.color, instruction=task.instruction, prompt_style="cot", given_plan=plan
+                image=frame.color,
+                instruction=task.instruction,
+                prompt_style="cot",
+                given_plan=plan,
+                gripper=sim.gripper,  # stated only to models trained with it (gripper_in_prompt)
             )
             command = run_step(backend, request, codec).command
             if args.finish_close and 0.0 < sim.gripper < 1.0 and command is not None:
@@ -108,10 +115,9 @@ def run(args: argparse.Namespace) -> dict:
                 closes["within_grasp_radius"] += int(np.hypot(*offset) <= sim.config.grasp_radius_m)
             if command is None or command.terminate:
                 break
-            gripper = float(
-                np.clip(command.gripper, sim.gripper - args.gripper_rate, sim.gripper + args.gripper_rate)
-            )
-            sim.apply(replace(command, gripper=gripper))
+            # Through the safety shield's clipping, as eval and the console execute every action.
+            command, _notes = clip_command(command, sim.ee_state(), limits)
+            sim.apply(command)
         wins += bool(sim.success())
         steps.append(taken)
     return {

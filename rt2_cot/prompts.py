@@ -20,6 +20,7 @@ class PromptTemplate:
     plan_marker: str | None = None
     action_marker: str | None = None
     num_action_tokens: int = 8
+    state: str | None = None
     description: str = ""
 
     @property
@@ -72,6 +73,8 @@ def load_templates(path: Path = TEMPLATES_PATH) -> dict[str, PromptTemplate]:
         template = PromptTemplate(name=name, **fields)
         if template.given_plan is not None and "{plan}" not in template.given_plan:
             raise ConfigError(f"template {name!r}: `given_plan` must contain {{plan}}")
+        if template.state is not None and "{gripper}" not in template.state:
+            raise ConfigError(f"template {name!r}: `state` must contain {{gripper}}")
         templates[name] = template
     return templates
 
@@ -83,13 +86,27 @@ def get_template(style: str) -> PromptTemplate:
     return templates[style]
 
 
-def render_prompt(style: str, instruction: str, given_plan: str | None = None) -> RenderedPrompt:
+def gripper_percent(opening: float) -> int:
+    """A gripper opening (0 closed .. 1 open) as the integer percentage the prompt states."""
+    value = float(opening)
+    if value != value:  # NaN: an arm that cannot report its gripper
+        raise ConfigError("gripper opening is not a number")
+    return int(round(min(1.0, max(0.0, value)) * 100))
+
+
+def render_prompt(
+    style: str, instruction: str, given_plan: str | None = None, gripper: float | None = None
+) -> RenderedPrompt:
     """The prompt for `instruction`; with `given_plan`, also the plan and action marker as given text.
 
     Templates without a plan (plain, openvla) ignore `given_plan`: there is nothing to reuse.
+    `gripper` (the arm's opening, 0..1) is stated after the instruction by templates with a `state`
+    field, for models trained with it (`gripper_in_prompt` in their config); others ignore it.
     """
     template = get_template(style)
     prompt = template.prompt.format(instruction=instruction.strip())
+    if gripper is not None and template.state is not None:
+        prompt = f"{prompt} {template.state.format(gripper=gripper_percent(gripper))}"
     continuation = ""
     if given_plan is not None and template.given_plan is not None:
         # The template adds the sentence's full stop; a plan that already has one must not get two.
@@ -97,6 +114,8 @@ def render_prompt(style: str, instruction: str, given_plan: str | None = None) -
     return RenderedPrompt(prompt=prompt, continuation=continuation, separator=template.separator)
 
 
-def build_prompt(style: str, instruction: str, given_plan: str | None = None) -> str:
+def build_prompt(
+    style: str, instruction: str, given_plan: str | None = None, gripper: float | None = None
+) -> str:
     """One string: e.g. `Instruction: bring me a drink Plan: pick up the can. Action:`."""
-    return render_prompt(style, instruction, given_plan).text
+    return render_prompt(style, instruction, given_plan, gripper).text

@@ -47,6 +47,10 @@ class TrainConfig:
     # Image coordinates (grounded plans, pointing answers) trained like action bins: Gaussian soft
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
+    # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as recorded by
+    # datagen or, for older shielded shards, replayed from their commands; written into the
+    # checkpoint so that every backend states it too.
+    gripper_in_prompt: bool = False
     num_hidden_layers: int = 4
     vision_grid: int = 4  # prefix tokens per side (see Rt2CotMiniConfig)
     vision_stride8: bool = False  # add the frozen stride-8 map to the prefix
@@ -239,6 +243,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         vision_grid=cfg.vision_grid,
         vision_stride8=cfg.vision_stride8,
         action_readout=cfg.action_readout,
+        gripper_in_prompt=cfg.gripper_in_prompt,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )
@@ -320,6 +325,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             grounded=cfg.grounded_plan,
             gripper=cfg.ground_gripper,
             point_roles=cfg.soft_points,
+            gripper_state=cfg.gripper_in_prompt,
         )
 
     data = robot_data(cfg.data)

@@ -79,6 +79,7 @@ class VLAPolicy:
             instruction=observation.instruction,
             prompt_style=self.prompt_style,  # type: ignore[arg-type]
             given_plan=None if replan or not self.template.has_plan else self._plan,
+            gripper=_gripper_opening(observation),
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             seed=None if self.seed is None else self.seed + self._steps,
@@ -94,6 +95,16 @@ class VLAPolicy:
         output.replanned = replan
         output.extras.setdefault("step", observation.step)
         return output
+
+
+def _gripper_opening(observation: Observation) -> float | None:
+    """The arm's reported opening, or None when it reports none (NaN) or there is no arm state."""
+    arm = getattr(observation, "arm", None)
+    value = getattr(arm, "gripper", None)
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value else None
 
 
 class OraclePlanPolicy(VLAPolicy):

@@ -30,9 +30,21 @@ class GenerationRequest:
     depth: np.ndarray | None = None  # HxW float32 metres, NaN = no reading
     prompt_style: PromptStyle = "cot"
     given_plan: str | None = None
+    # The arm's gripper opening (0 closed .. 1 open) when known. Stated in the prompt only for models
+    # trained with it (`gripper_in_prompt` in their config); other models never see it.
+    gripper: float | None = None
     max_new_tokens: int = 48
     temperature: float = 0.0  # 0 = greedy
     seed: int | None = None
+
+
+def stated_gripper(model_config, request: GenerationRequest) -> float | None:
+    """The gripper opening a model's prompt states: None unless the model was trained with it
+    (`gripper_in_prompt` in its config); open (1.0) when the request has no arm to ask, as at the
+    start of every training episode (`rt2-cot act` on a still image, a client that sends no state)."""
+    if not getattr(model_config, "gripper_in_prompt", False):
+        return None
+    return 1.0 if request.gripper is None else float(request.gripper)
 
 
 class Backend(Protocol):

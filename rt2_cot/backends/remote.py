@@ -165,6 +165,8 @@ class RemoteBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.gripper is not None:
+            body["robot_state"] = {"gripper": round(float(request.gripper), 4)}
         if prefill:
             messages.append({"role": "assistant", "content": prefill})
             body["continue_final_message"] = True

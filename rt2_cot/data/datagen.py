@@ -6,9 +6,9 @@ as the processor does at inference), the instruction, the oracle's plan and its 
 `ActionCodec` (deltas clipped to the per-step limit). Only `split="train"` tasks are generated, so the
 held-out phrasings, objects, backgrounds and distractor counts of `robot_io.sim.tasks` stay unseen.
 
-Every frame also records `points` (image positions of the gripper, objects and tiles, 0..255) and a
-`grounded_plan` that says where the plan's objects are (`rt2_cot.data.grounding`). Half the episodes
-by default are DART-style noisy: some executed steps are jittered while the recorded label stays the
+Every frame also records `gripper` (the opening the arm reports before the step, 0..1), `points`
+(image positions of the gripper, objects and tiles, 0..255) and a `grounded_plan` that says where
+the plan's objects are (`rt2_cot.data.grounding`). Half the episodes by default are DART-style noisy: some executed steps are jittered while the recorded label stays the
 oracle's command, so the data shows how to recover from drifting off the oracle's path.
 
 Vision-language data (RT-2's co-training half, at toy scale): questions answered from privileged
@@ -202,7 +202,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
     objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
-    images, actions, plans, points = [], [], [], []
+    images, actions, plans, points, grippers = [], [], [], [], []
     for _ in range(cfg.max_steps):
         frame = sim.render(cfg.render_width, cfg.render_height)
         command, plan = sim.oracle()
@@ -210,6 +210,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
         actions.append(codec.encode(command))
         plans.append(plan or task.plan)
         points.append(scene_points(sim, cfg.render_width, cfg.render_height))
+        grippers.append(round(float(sim.gripper), 4))  # the opening the arm reports before this step
         if command.terminate:
             break
         if noisy and noise_rng.random() < cfg.noise_step_prob:
@@ -220,6 +221,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
         "actions": actions,
         "plans": plans,
         "points": points,
+        "grippers": grippers,
         "success": bool(sim.success()),
         "noisy": bool(noisy),
         "objects": objects,
@@ -274,8 +276,15 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                     "split": "train",
                 }
             )
-            for s, (img, act, plan, pts) in enumerate(
-                zip(result["images"], result["actions"], result["plans"], result["points"], strict=True)
+            for s, (img, act, plan, pts, grip) in enumerate(
+                zip(
+                    result["images"],
+                    result["actions"],
+                    result["plans"],
+                    result["points"],
+                    result["grippers"],
+                    strict=True,
+                )
             ):
                 images.append(img)
                 actions.append(act)
@@ -289,6 +298,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                         "plan": plan,
                         "grounded_plan": grounded,
                         "points": pts,
+                        "gripper": grip,
                     }
                 )
             questions = _episode_questions(

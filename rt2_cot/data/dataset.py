@@ -67,6 +67,25 @@ def _plan_text(frame: dict, grounded: bool, gripper: bool) -> str:
     return frame["grounded_plan"]
 
 
+def replayed_gripper(actions: np.ndarray, shielded: bool) -> list[float]:
+    """The gripper opening before each step of one episode, from its recorded commands.
+
+    For shards written before datagen recorded the opening: the gripper starts open and follows
+    each step's commanded opening (bin / 255), limited to the safety shield's rate when the episode
+    was executed through the shield (a close takes two steps: 1.0, 0.5, 0.0); a terminate step
+    leaves it where it is. This is exactly what the simulator reports (`TabletopSim.gripper`).
+    """
+    from robot_io.safety import SafetyLimits
+
+    rate = SafetyLimits().max_gripper_change if shielded else 1.0
+    opening, out = 1.0, []
+    for action in actions:
+        out.append(opening)
+        if int(action[0]) == 0:
+            opening = float(np.clip(int(action[7]) / 255.0, opening - rate, opening + rate))
+    return out
+
+
 class RobotData:
     """All shards of one or more data folders, in memory, with cached backbone features."""
 
@@ -78,13 +97,16 @@ class RobotData:
         grounded: bool = False,
         gripper: bool = False,
         point_roles: bool = False,
+        gripper_state: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
         `gripper`: grounded plans also say where the gripper is. `point_roles`: the integers of a
         plan or pointing answer (image coordinates) get the POINT role, so training scores them like
-        action bins (near misses cost little) instead of as unrelated words."""
+        action bins (near misses cost little) instead of as unrelated words. `gripper_state`: the
+        chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`)."""
         self.text = TextCache(tokenizer)
+        self.gripper_state = gripper_state
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
@@ -98,6 +120,7 @@ class RobotData:
         for si, shard in enumerate(self.shards):
             base = int(self.offsets[si])
             episodes = {e["id"]: e for e in shard.meta["episodes"]}
+            openings = _shard_openings(shard)
             for i, fr in enumerate(shard.meta["frames"]):
                 ep = episodes[fr["episode"]]
                 self.frames.append(
@@ -112,6 +135,7 @@ class RobotData:
                         else "ungrounded",
                         "family": ep.get("family", ""),
                         "step": fr["step"],
+                        "gripper": openings[i],
                     }
                 )
             for q in shard.meta.get("vl", []):
@@ -180,15 +204,16 @@ class RobotData:
         while plan_age > 0 and earlier > 0 and self.frames[earlier - 1]["episode"] == f["episode"]:
             earlier, plan_age = earlier - 1, plan_age - 1
         plan = self.frames[earlier]["plan"]
+        gripper = f["gripper"] if self.gripper_state else None
         given: list[int] = []
         if plain:
             prompt, target = fmt.plain_prompt(f["instruction"]), fmt.plain_target(f["action"])
         elif earlier != frame:
             # A reused plan is given text, not something to learn to write: it joins the prompt.
-            prompt, target = fmt.cot_prompt(f["instruction"]), fmt.plain_target(f["action"])
+            prompt, target = fmt.cot_prompt(f["instruction"], gripper), fmt.plain_target(f["action"])
             given = self.text(fmt.cot_target(plan, []).rstrip())
         else:
-            prompt, target = fmt.cot_prompt(f["instruction"]), fmt.cot_target(plan, f["action"])
+            prompt, target = fmt.cot_prompt(f["instruction"], gripper), fmt.cot_target(plan, f["action"])
         t = self.text(target)
         return Example(
             frame,
@@ -331,3 +356,20 @@ def unpack_maps(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     fine = packed[:, :n_fine].float().view(b, 112, 8, 8)
     coarse = packed[:, n_fine:].float().view(b, 1280, 4, 4)
     return fine, coarse
+
+
+def _shard_openings(shard) -> list[float]:
+    """Per frame of a shard: the gripper opening datagen recorded, else replayed from the commands."""
+    frames = shard.meta["frames"]
+    if frames and all("gripper" in fr for fr in frames):
+        return [float(fr["gripper"]) for fr in frames]
+    shielded = bool(shard.meta.get("datagen", {}).get("shielded", False))
+    out = [1.0] * len(frames)
+    by_episode: dict[int, list[int]] = {}
+    for i, fr in enumerate(frames):
+        by_episode.setdefault(fr["episode"], []).append(i)
+    for rows in by_episode.values():
+        rows.sort(key=lambda i: frames[i]["step"])
+        for i, opening in zip(rows, replayed_gripper(shard.actions[rows], shielded), strict=True):
+            out[i] = opening
+    return out

@@ -57,6 +57,11 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # checkpoints trained with soft ordinal targets + L1 on the expected bin, "argmax" otherwise
         # (see rt2_cot.constrained). Terminate and gripper are always argmax.
         action_readout: str = "argmax",
+        # -- prompt ---------------------------------------------------------------------------
+        # Trained with the arm's gripper opening stated after the instruction ("Gripper: 50",
+        # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
+        # half-closed gripper looks open, and the shield closes in two steps (model card).
+        gripper_in_prompt: bool = False,
         bos_token_id: int = BOS_TOKEN_ID,
         eos_token_id: int = EOS_TOKEN_ID,
         pad_token_id: int = PAD_TOKEN_ID,
@@ -80,6 +85,7 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.output_token_ids = list(output_token_ids) if output_token_ids is not None else []
         self.action_readout = action_readout
+        self.gripper_in_prompt = bool(gripper_in_prompt)
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(
             bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs

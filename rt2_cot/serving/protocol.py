@@ -7,7 +7,10 @@ Wire conventions (shared with `rt2_cot.backends.remote`, and what vLLM/SGLang al
 - plan reuse is an assistant prefill: a final assistant message `Plan: {plan}. Action:` with
   `continue_final_message: true` (vLLM's spelling), so only the action tokens are generated;
 - the constraint is a guided-decoding regex: `guided_regex` or `structured_outputs.regex`, at the
-  top level or inside a literal `extra_body` object.
+  top level or inside a literal `extra_body` object;
+- robot state, for models trained with it, is structured data beside the messages, not prompt
+  text: `robot_state: {"gripper": 0.5}` (opening, 0 closed .. 1 open). Servers that do not know the
+  field ignore it (vLLM logs and drops unknown fields), and so do models not trained with it.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ def parse_chat_request(body: object) -> ChatRequest:
             instruction=instruction,
             prompt_style=style,
             given_plan=given_plan,
+            gripper=_robot_gripper(body),
             max_new_tokens=max_tokens,
             temperature=float(temperature),
             seed=seed,
@@ -168,6 +172,24 @@ def parse_prompt(text: str) -> tuple[PromptStyle, str]:
     if not text:
         raise RequestError("the user message has no instruction text", param="messages")
     return "cot", text
+
+
+def _robot_gripper(body: dict) -> float | None:
+    """`robot_state.gripper` (0..1) or None; anything else in `robot_state` is refused by name."""
+    state = body.get("robot_state")
+    if state is None:
+        return None
+    if not isinstance(state, dict) or set(state) - {"gripper"}:
+        raise RequestError(
+            '`robot_state` must be an object like {"gripper": 0.5} (opening, 0 closed .. 1 open)',
+            param="robot_state",
+        )
+    value = state.get("gripper")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise RequestError("`robot_state.gripper` must be a number 0..1", param="robot_state")
+    return float(value)
 
 
 def _guided_form(body: dict) -> str | None:

@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 import rt2_cot.model as rt2_model
-from rt2_cot.backends.base import GenerationRequest
+from rt2_cot.backends.base import GenerationRequest, stated_gripper
 from rt2_cot.backends.builtin import BuiltinBackend
 from rt2_cot.constrained import ActionGrammarProcessor
 from rt2_cot.errors import ModelLoadError
@@ -86,7 +86,8 @@ def frames(n: int, seed: int = 0) -> list[np.ndarray]:
 def reference_ids(backend: BuiltinBackend, request: GenerationRequest) -> list[int]:
     """transformers generate() with the runtime's grammar processor, greedy."""
     spec = backend._spec(request.prompt_style, request.given_plan is not None, request.max_new_tokens)
-    text = build_prompt(request.prompt_style, request.instruction, request.given_plan)
+    gripper = stated_gripper(backend.model.config, request)
+    text = build_prompt(request.prompt_style, request.instruction, request.given_plan, gripper)
     inputs = backend.processor(images=request.image, text=text)
     n = inputs["input_ids"].shape[1]
     with torch.inference_mode():
@@ -149,6 +150,29 @@ def test_drafts_are_lossless_and_skip_decoding_when_the_frame_repeats(backend):
     stats = fast.last_stats
     assert stats.decode_steps == 0 and stats.accepted_draft_tokens == stats.draft_tokens - 1
     assert plain.last_stats.decode_steps > 8
+
+
+def test_the_gripper_is_stated_only_to_a_model_trained_with_it(backend):
+    image = frames(1, seed=5)[0]
+
+    def request(gripper, plan=None):
+        return GenerationRequest(image=image, instruction="pick up the rock", gripper=gripper, given_plan=plan)
+
+    def prompt_tokens(req) -> int:
+        backend.reset_drafts()  # no draft: the prefill is image + prompt + the forced "Plan:"
+        run(backend, req)
+        return backend.last_stats.prefill_tokens
+
+    unstated = prompt_tokens(request(None))
+    assert prompt_tokens(request(0.5)) == unstated  # not trained with it: the prompt is unchanged
+    backend.model.config.gripper_in_prompt = True
+    try:
+        # "grip ##per : 50" is four more tokens; no reading (a still image) counts as open.
+        assert prompt_tokens(request(0.5)) == prompt_tokens(request(None)) == unstated + 4
+        for req in (request(0.5), request(0.0), request(None), request(0.5, plan="pick up the rock")):
+            assert run(backend, req)[1] == reference_ids(backend, req)
+    finally:
+        backend.model.config.gripper_in_prompt = False
 
 
 def scene(colour: tuple[int, int, int], corner: int) -> np.ndarray:

@@ -113,3 +113,17 @@ def test_episodes_execute_through_the_shield_so_a_close_takes_two_steps(shielded
     i = closing[0]
     # With the shield the gripper is at 0.5 after the first close: the oracle closes again in place.
     assert (actions[i + 1, 7] == 0 and (actions[i + 1, 1:4] == 128).all()) == shielded
+
+
+def test_the_gripper_opening_is_recorded_and_older_shards_replay_it_exactly(generated):
+    from rt2_cot.data.dataset import _shard_openings
+
+    out, _ = generated
+    for path in fmt.shard_paths(out):
+        shard = fmt.read_shard(path)
+        recorded = [fr["gripper"] for fr in shard.meta["frames"]]
+        # Shielded execution closes in two steps: the half-closed gripper is in the data.
+        assert {1.0, 0.5, 0.0} <= set(recorded)
+        for fr in shard.meta["frames"]:
+            del fr["gripper"]  # as written before datagen recorded it
+        assert _shard_openings(shard) == recorded

@@ -70,3 +70,23 @@ def test_malformed_template_files_raise_config_error(tmp_path, yaml_text):
 def test_missing_template_file_raises_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_templates(tmp_path / "nope.yaml")
+
+
+def test_the_gripper_opening_is_stated_in_percent_after_the_instruction():
+    assert build_prompt("cot", "pick up the apple", gripper=0.5) == "Instruction: pick up the apple Gripper: 50"
+    assert (
+        build_prompt("cot", "pick up the apple", given_plan="pick up the apple", gripper=1.0)
+        == "Instruction: pick up the apple Gripper: 100 Plan: pick up the apple. Action:"
+    )
+    # Out of range readings are clamped; templates without a `state` never state it.
+    assert build_prompt("cot", "x", gripper=-0.2).endswith("Gripper: 0")
+    assert build_prompt("plain", "pick up the rock", gripper=0.5) == build_prompt("plain", "pick up the rock")
+    with pytest.raises(ConfigError, match="not a number"):
+        build_prompt("cot", "x", gripper=float("nan"))
+
+
+def test_a_state_field_without_its_placeholder_is_refused(tmp_path):
+    path = tmp_path / "templates.yaml"
+    path.write_text("cot:\n  prompt: 'Instruction: {instruction}'\n  state: 'Gripper open'\n")
+    with pytest.raises(ConfigError, match="state"):
+        load_templates(path)

@@ -110,6 +110,11 @@ def test_body_carries_the_constraint_in_both_spellings():
     assert reuse["continue_final_message"] is True
     assert reuse["messages"][-1]["role"] == "assistant"
     assert "pick up the rock" in reuse["messages"][-1]["content"]
+    # Robot state is structured data beside the messages, never prompt text.
+    assert "robot_state" not in body
+    stated = remote.build_body(request(gripper=0.5))
+    assert stated["robot_state"] == {"gripper": 0.5}
+    assert stated["messages"] == body["messages"]
 
 
 def test_server_down_is_a_clear_backend_error_after_bounded_retries():

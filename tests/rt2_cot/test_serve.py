@@ -204,6 +204,22 @@ def test_plan_prefill_is_given_to_the_backend_and_only_the_action_comes_back(ser
     assert out.choices[0].message.content == expected_text(img, plan=False)
 
 
+def test_robot_state_reaches_the_backend_and_bad_state_is_refused(served):
+    backend, _, client = served
+    img = image((10, 20, 30))
+    client.chat.completions.create(
+        model="rt2-test", messages=[user_message(img)], extra_body={"robot_state": {"gripper": 0.5}}
+    )
+    assert backend.requests[-1].gripper == 0.5
+    client.chat.completions.create(model="rt2-test", messages=[user_message(img)])
+    assert backend.requests[-1].gripper is None
+    for bad in ({"gripper": 2}, {"gripper": "open"}, {"joints": [0, 1]}, [0.5]):
+        with pytest.raises(openai.BadRequestError, match="robot_state"):
+            client.chat.completions.create(
+                model="rt2-test", messages=[user_message(img)], extra_body={"robot_state": bad}
+            )
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

@@ -68,8 +68,13 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
 
     from rt2_cot.errors import ConfigError
 
-    warm = train(replace(cfg, steps=2, warmup_steps=1, init_from=str(out)), tmp_path / "phase2")
+    # A new prompt field (the gripper's opening) may be added in the second phase; the checkpoint
+    # then tells every backend to state it.
+    phase2 = replace(cfg, steps=2, warmup_steps=1, init_from=str(out), gripper_in_prompt=True)
+    warm = train(phase2, tmp_path / "phase2")
     assert warm["first_loss"] < 0.7 * first["first_loss"], (first, warm)
+    saved = json.loads((tmp_path / "phase2" / "checkpoint" / "config.json").read_text())
+    assert saved["gripper_in_prompt"] is True
     with pytest.raises(ConfigError, match="does not fit"):
         train(
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
@@ -146,6 +151,13 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         assert {k for k in cfg if cfg[k] != small[k]} == keys, name
     phase2 = asdict(TrainConfig.from_yaml(configs / "shielded_phase2.yaml"))
     assert phase2["init_from"] and phase2["vision_grid"] == default["vision_grid"]
+    state = asdict(TrainConfig.from_yaml(configs / "gripper_state.yaml"))
+    assert {k for k in state if state[k] != phase2[k]} == {
+        "init_from",
+        "gripper_in_prompt",
+        "max_minutes",
+        "warmup_steps",
+    }
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
