@@ -91,7 +91,7 @@ def gripper_percent(opening: float) -> int:
     value = float(opening)
     if value != value:  # NaN: an arm that cannot report its gripper
         raise ConfigError("gripper opening is not a number")
-    return int(round(min(1.0, max(0.0, value)) * 100))
+    return round(min(1.0, max(0.0, value)) * 100)
 
 
 def render_prompt(
