@@ -156,7 +156,9 @@ def test_the_gripper_is_stated_only_to_a_model_trained_with_it(backend):
     image = frames(1, seed=5)[0]
 
     def request(gripper, plan=None):
-        return GenerationRequest(image=image, instruction="pick up the rock", gripper=gripper, given_plan=plan)
+        return GenerationRequest(
+            image=image, instruction="pick up the rock", gripper=gripper, given_plan=plan
+        )
 
     def prompt_tokens(req) -> int:
         backend.reset_drafts()  # no draft: the prefill is image + prompt + the forced "Plan:"

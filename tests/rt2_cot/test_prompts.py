@@ -73,7 +73,9 @@ def test_missing_template_file_raises_config_error(tmp_path):
 
 
 def test_the_gripper_opening_is_stated_in_percent_after_the_instruction():
-    assert build_prompt("cot", "pick up the apple", gripper=0.5) == "Instruction: pick up the apple Gripper: 50"
+    assert (
+        build_prompt("cot", "pick up the apple", gripper=0.5) == "Instruction: pick up the apple Gripper: 50"
+    )
     assert (
         build_prompt("cot", "pick up the apple", given_plan="pick up the apple", gripper=1.0)
         == "Instruction: pick up the apple Gripper: 100 Plan: pick up the apple. Action:"
