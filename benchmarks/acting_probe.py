@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> dict:
                 prompt_style="cot",
                 given_plan=plan,
                 gripper=sim.gripper,  # stated only to models trained with it (gripper_in_prompt)
+                ee_xyz=tuple(sim.ee_state().ee_xyz_m),  # likewise (position_in_prompt)
             )
             command = run_step(backend, request, codec).command
             if args.finish_close and 0.0 < sim.gripper < 1.0 and command is not None:

@@ -120,10 +120,12 @@ class NaiveGenerateBackend:
             eos_id=int(self.model.config.eos_token_id),
             expected_dims=self.expected_dims,
         )
-        from rt2_cot.backends.base import stated_gripper
+        from rt2_cot.backends.base import prompt_state
 
-        gripper = stated_gripper(self.model.config, request)  # the same prompt as the fast path
-        text = build_prompt(request.prompt_style, request.instruction, request.given_plan, gripper)
+        state = prompt_state(self.model.config, request)  # the same prompt as the fast path
+        text = build_prompt(
+            request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
+        )
         inputs = self.processor(images=request.image, text=text)
         n = inputs["input_ids"].shape[1]
         with torch.inference_mode():

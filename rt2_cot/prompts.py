@@ -21,6 +21,7 @@ class PromptTemplate:
     action_marker: str | None = None
     num_action_tokens: int = 8
     state: str | None = None
+    position: str | None = None
     description: str = ""
 
     @property
@@ -75,6 +76,8 @@ def load_templates(path: Path = TEMPLATES_PATH) -> dict[str, PromptTemplate]:
             raise ConfigError(f"template {name!r}: `given_plan` must contain {{plan}}")
         if template.state is not None and "{gripper}" not in template.state:
             raise ConfigError(f"template {name!r}: `state` must contain {{gripper}}")
+        if template.position is not None and not all(f"{{{a}}}" in template.position for a in "xyz"):
+            raise ConfigError(f"template {name!r}: `position` must contain {{x}}, {{y}} and {{z}}")
         templates[name] = template
     return templates
 
@@ -94,19 +97,40 @@ def gripper_percent(opening: float) -> int:
     return round(min(1.0, max(0.0, value)) * 100)
 
 
+def position_bins(xyz, box) -> tuple[int, int, int]:
+    """An end-effector position (metres, arm base frame) as three integers 0..255 over `box`
+    ((x_min, x_max), (y_min, y_max), (z_min, z_max)); outside the box saturates at 0 or 255."""
+    values = [float(v) for v in xyz]
+    if len(values) != 3 or any(v != v for v in values):
+        raise ConfigError(f"end-effector position must be three numbers, got {xyz!r}")
+    out = []
+    for v, (lo, hi) in zip(values, box, strict=True):
+        out.append(round(min(1.0, max(0.0, (v - float(lo)) / (float(hi) - float(lo)))) * 255))
+    return out[0], out[1], out[2]
+
+
 def render_prompt(
-    style: str, instruction: str, given_plan: str | None = None, gripper: float | None = None
+    style: str,
+    instruction: str,
+    given_plan: str | None = None,
+    gripper: float | None = None,
+    position: tuple[int, int, int] | None = None,
 ) -> RenderedPrompt:
     """The prompt for `instruction`; with `given_plan`, also the plan and action marker as given text.
 
     Templates without a plan (plain, openvla) ignore `given_plan`: there is nothing to reuse.
-    `gripper` (the arm's opening, 0..1) is stated after the instruction by templates with a `state`
-    field, for models trained with it (`gripper_in_prompt` in their config); others ignore it.
+    Robot state, for models trained with it (`gripper_in_prompt` / `position_in_prompt` in their
+    config), follows the instruction in templates that have the fields: `gripper` (the opening,
+    0..1) as `state`, then `position` (the end-effector position as `position_bins`). Others
+    ignore both.
     """
     template = get_template(style)
     prompt = template.prompt.format(instruction=instruction.strip())
     if gripper is not None and template.state is not None:
         prompt = f"{prompt} {template.state.format(gripper=gripper_percent(gripper))}"
+    if position is not None and template.position is not None:
+        x, y, z = (int(v) for v in position)
+        prompt = f"{prompt} {template.position.format(x=x, y=y, z=z)}"
     continuation = ""
     if given_plan is not None and template.given_plan is not None:
         # The template adds the sentence's full stop; a plan that already has one must not get two.
@@ -115,7 +139,11 @@ def render_prompt(
 
 
 def build_prompt(
-    style: str, instruction: str, given_plan: str | None = None, gripper: float | None = None
+    style: str,
+    instruction: str,
+    given_plan: str | None = None,
+    gripper: float | None = None,
+    position: tuple[int, int, int] | None = None,
 ) -> str:
     """One string: e.g. `Instruction: bring me a drink Plan: pick up the can. Action:`."""
-    return render_prompt(style, instruction, given_plan, gripper).text
+    return render_prompt(style, instruction, given_plan, gripper, position).text

@@ -51,6 +51,9 @@ class TrainConfig:
     # datagen or, for older shielded shards, replayed from their commands; written into the
     # checkpoint so that every backend states it too.
     gripper_in_prompt: bool = False
+    # ... and the end-effector position (proprioception, as pi0 and Octo condition on): 0..255 over
+    # the model config's position_box. Needs frames with `ee_xyz` (`rt2-cot datagen --add-state`).
+    position_in_prompt: bool = False
     num_hidden_layers: int = 4
     vision_grid: int = 4  # prefix tokens per side (see Rt2CotMiniConfig)
     vision_stride8: bool = False  # add the frozen stride-8 map to the prefix
@@ -244,6 +247,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         vision_stride8=cfg.vision_stride8,
         action_readout=cfg.action_readout,
         gripper_in_prompt=cfg.gripper_in_prompt,
+        position_in_prompt=cfg.position_in_prompt,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )
@@ -326,6 +330,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             gripper=cfg.ground_gripper,
             point_roles=cfg.soft_points,
             gripper_state=cfg.gripper_in_prompt,
+            position_state=cfg.position_in_prompt,
         )
 
     data = robot_data(cfg.data)

@@ -80,6 +80,7 @@ class VLAPolicy:
             prompt_style=self.prompt_style,  # type: ignore[arg-type]
             given_plan=None if replan or not self.template.has_plan else self._plan,
             gripper=_gripper_opening(observation),
+            ee_xyz=_ee_position(observation),
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             seed=None if self.seed is None else self.seed + self._steps,
@@ -105,6 +106,17 @@ def _gripper_opening(observation: Observation) -> float | None:
         return None
     value = float(value)
     return value if value == value else None
+
+
+def _ee_position(observation: Observation) -> tuple[float, float, float] | None:
+    """The arm's reported end-effector position, or None when it has none (or not a finite one)."""
+    xyz = getattr(getattr(observation, "arm", None), "ee_xyz_m", None)
+    if xyz is None:
+        return None
+    values = [float(v) for v in xyz]
+    if len(values) != 3 or not all(v == v and abs(v) != float("inf") for v in values):
+        return None
+    return values[0], values[1], values[2]
 
 
 class OraclePlanPolicy(VLAPolicy):

@@ -33,18 +33,44 @@ class GenerationRequest:
     # The arm's gripper opening (0 closed .. 1 open) when known. Stated in the prompt only for models
     # trained with it (`gripper_in_prompt` in their config); other models never see it.
     gripper: float | None = None
+    # The end-effector position (metres, arm base frame) when known; stated only to models trained
+    # with it (`position_in_prompt`), which cannot act without it.
+    ee_xyz: tuple[float, float, float] | None = None
     max_new_tokens: int = 48
     temperature: float = 0.0  # 0 = greedy
     seed: int | None = None
 
 
-def stated_gripper(model_config, request: GenerationRequest) -> float | None:
-    """The gripper opening a model's prompt states: None unless the model was trained with it
-    (`gripper_in_prompt` in its config); open (1.0) when the request has no arm to ask, as at the
-    start of every training episode (`rt2-cot act` on a still image, a client that sends no state)."""
-    if not getattr(model_config, "gripper_in_prompt", False):
-        return None
-    return 1.0 if request.gripper is None else float(request.gripper)
+@dataclass(frozen=True)
+class PromptState:
+    """The robot state a model's prompt states (None: not stated), see `prompt_state`."""
+
+    gripper: float | None = None
+    position: tuple[int, int, int] | None = None
+
+
+def prompt_state(model_config, request: GenerationRequest) -> PromptState:
+    """What of the arm's state a model's prompt states: only what it was trained with.
+
+    `gripper_in_prompt`: the opening; open (1.0) when the request has none, as at the start of
+    every training episode (`rt2-cot act` on a still image, a client that sends no state).
+    `position_in_prompt`: the end-effector position as integers over the model's `position_box`;
+    there is no safe guess for it, so a request without one is refused.
+    """
+    from rt2_cot.errors import BackendError
+    from rt2_cot.prompts import position_bins
+
+    gripper = position = None
+    if getattr(model_config, "gripper_in_prompt", False):
+        gripper = 1.0 if request.gripper is None else float(request.gripper)
+    if getattr(model_config, "position_in_prompt", False):
+        if request.ee_xyz is None:
+            raise BackendError(
+                "this model acts from the arm's end-effector position (position_in_prompt) and none "
+                "was given: run it with an arm, or pass the position (rt2-cot act --ee-xyz X Y Z)"
+            )
+        position = position_bins(request.ee_xyz, model_config.position_box)
+    return PromptState(gripper, position)
 
 
 class Backend(Protocol):

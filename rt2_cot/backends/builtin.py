@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
-from rt2_cot.backends.base import GenerationRequest, stated_gripper
+from rt2_cot.backends.base import GenerationRequest, PromptState, prompt_state
 from rt2_cot.errors import BackendError, ModelLoadError
 
 _NEVER = -1e4  # the model's logit for tokens outside its output vocabulary (modeling_rt2_cot_mini)
@@ -218,16 +218,18 @@ class BuiltinBackend:
 
     # -- prompt -----------------------------------------------------------------------------------
     def _prompt(
-        self, style: str, instruction: str, given_plan: str | None, gripper: float | None = None
+        self, style: str, instruction: str, given_plan: str | None, state: PromptState = PromptState()
     ) -> tuple[list[int], torch.Tensor]:
-        """Token ids and embeddings of the prompt text (cached: they do not change between steps;
-        a stated gripper opening takes a handful of values, open, half-closed and closed)."""
+        """Token ids and embeddings of the prompt text (cached: they do not change between steps
+        unless the model is told the arm's state; a gripper opening takes a handful of values)."""
         from rt2_cot.prompts import build_prompt, gripper_percent
 
-        key = (style, instruction, given_plan, None if gripper is None else gripper_percent(gripper))
+        opening = None if state.gripper is None else gripper_percent(state.gripper)
+        key = (style, instruction, given_plan, opening, state.position)
         hit = self._prompt_cache.get(key)
         if hit is None:
-            ids = self.processor.encode_text(build_prompt(style, instruction, given_plan, gripper))
+            text = build_prompt(style, instruction, given_plan, state.gripper, state.position)
+            ids = self.processor.encode_text(text)
             with torch.inference_mode():
                 emb = self.model.embed_text(torch.tensor([ids]))
             if len(self._prompt_cache) > 64:
@@ -384,7 +386,7 @@ class BuiltinBackend:
         )
         stats = self.last_stats = StepStats()
         emitter = _TextEmitter(self.tokenizer)
-        # Drafts ignore the stated gripper: the plan and most action tokens carry over when it changes.
+        # Drafts ignore the stated arm state: the plan and most action tokens carry over when it changes.
         draft_key = (style, request.instruction, request.given_plan, request.max_new_tokens)
         budget = spec.max_new_tokens
 
@@ -392,8 +394,8 @@ class BuiltinBackend:
             t0 = time.perf_counter()
             prefix = self._image_prefix(request.image)
             t1 = time.perf_counter()
-            gripper = stated_gripper(self.model.config, request)
-            prompt_ids, prompt_emb = self._prompt(style, request.instruction, request.given_plan, gripper)
+            state_text = prompt_state(self.model.config, request)
+            prompt_ids, prompt_emb = self._prompt(style, request.instruction, request.given_plan, state_text)
             draft_source = list(self._draft.get(draft_key, ())) if (greedy and self.drafts_enabled) else []
             draft = list(draft_source)
             if not draft and state.forced_id() is not None:

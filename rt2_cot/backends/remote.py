@@ -165,8 +165,13 @@ class RemoteBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        state: dict = {}
         if request.gripper is not None:
-            body["robot_state"] = {"gripper": round(float(request.gripper), 4)}
+            state["gripper"] = round(float(request.gripper), 4)
+        if request.ee_xyz is not None:
+            state["ee_xyz"] = [round(float(v), 5) for v in request.ee_xyz]
+        if state:
+            body["robot_state"] = state
         if prefill:
             messages.append({"role": "assistant", "content": prefill})
             body["continue_final_message"] = True

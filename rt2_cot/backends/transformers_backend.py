@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from rt2_cot.backends.base import GenerationRequest, stated_gripper
+from rt2_cot.backends.base import GenerationRequest, prompt_state
 from rt2_cot.errors import BackendError, ModelLoadError
 from rt2_cot.prompts import render_prompt
 
@@ -145,8 +145,10 @@ class TransformersBackend:
         if request.image is None or np.asarray(request.image).ndim != 3:
             raise BackendError("the request needs an HxWx3 RGB image")
         image = Image.fromarray(np.ascontiguousarray(request.image, dtype=np.uint8)).convert("RGB")
-        gripper = stated_gripper(self.model.config, request)
-        rendered = render_prompt(request.prompt_style, request.instruction, request.given_plan, gripper)
+        state = prompt_state(self.model.config, request)
+        rendered = render_prompt(
+            request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
+        )
         continuation = ""
         if self.model_type == "paligemma":
             # PaliGemma's processor writes <image>s + BOS + prompt + "\n"; the output starts after "\n".

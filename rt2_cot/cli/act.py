@@ -32,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt", default="cot", choices=["cot", "plain"], help="prompt template (default cot)"
     )
     parser.add_argument("--plan", default=None, help="given plan: skip planning, generate only the action")
+    parser.add_argument(
+        "--gripper",
+        type=float,
+        default=None,
+        help="the arm's gripper opening 0..1, for models trained with it (default: open)",
+    )
+    parser.add_argument(
+        "--ee-xyz",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        default=None,
+        help="the arm's end-effector position in metres (base frame), for models trained with it",
+    )
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -126,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.instruction.strip():
         raise Rt2CotError("--instruction is empty; say what the robot should do")
+    if args.gripper is not None and not 0.0 <= args.gripper <= 1.0:
+        raise Rt2CotError("--gripper is the opening from 0 (closed) to 1 (open)")
     _quiet_transformers()
     kwargs = {"trust_remote_code": True} if args.trust_remote_code else {}
     backend = load_backend(args.model, **kwargs)
@@ -136,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         prompt_style=args.prompt,
         given_plan=args.plan,
+        gripper=args.gripper,
+        ee_xyz=tuple(args.ee_xyz) if args.ee_xyz else None,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         seed=args.seed,

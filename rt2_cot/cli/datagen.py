@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "before datagen recorded them (replays each episode without rendering)",
     )
     parser.add_argument(
+        "--add-state",
+        action="store_true",
+        help="instead of generating: add the arm's state before each step (gripper opening, fingertip "
+        "position) to shards in --out written before datagen recorded it (replays each episode)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed; run several seeds in parallel into one folder"
     )
     parser.add_argument("--episodes-per-shard", type=int, default=50)
@@ -46,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         from rt2_cot.data.grounding import add_grounding
 
         print(json.dumps({"out": str(args.out), **add_grounding(args.out)}), file=sys.stdout)
+        return 0
+    if args.add_state:
+        from rt2_cot.data.datagen import add_state
+
+        print(json.dumps({"out": str(args.out), **add_state(args.out)}), file=sys.stdout)
         return 0
     if args.episodes is None or args.episodes < 1:
         raise ConfigError("--episodes must be at least 1")

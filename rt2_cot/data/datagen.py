@@ -197,20 +197,26 @@ def _perturbed(command, rng: np.random.Generator, std_m: float):
     return replace(command, delta_xyz_m=tuple(float(v) for v in delta))
 
 
-def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) -> dict:
+def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:
+    """One oracle episode. `render=False` replays it without images (same commands, same noise,
+    same states: everything is seeded by `seed`), for adding per-frame state to older shards."""
     sim.reset(task, seed=seed)
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
     objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
-    images, actions, plans, points, grippers = [], [], [], [], []
+    images, actions, plans, points, grippers, positions = [], [], [], [], [], []
     for _ in range(cfg.max_steps):
-        frame = sim.render(cfg.render_width, cfg.render_height)
+        if render:
+            frame = sim.render(cfg.render_width, cfg.render_height)
+            images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
         command, plan = sim.oracle()
-        images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
         actions.append(codec.encode(command))
         plans.append(plan or task.plan)
         points.append(scene_points(sim, cfg.render_width, cfg.render_height))
-        grippers.append(round(float(sim.gripper), 4))  # the opening the arm reports before this step
+        # What the arm reports before this step: the gripper's opening and where the fingertips are.
+        state = sim.ee_state()
+        grippers.append(round(float(state.gripper), 4))
+        positions.append([round(float(v), 5) for v in state.ee_xyz_m])
         if command.terminate:
             break
         if noisy and noise_rng.random() < cfg.noise_step_prob:
@@ -222,6 +228,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec) ->
         "plans": plans,
         "points": points,
         "grippers": grippers,
+        "positions": positions,
         "success": bool(sim.success()),
         "noisy": bool(noisy),
         "objects": objects,
@@ -276,13 +283,14 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                     "split": "train",
                 }
             )
-            for s, (img, act, plan, pts, grip) in enumerate(
+            for s, (img, act, plan, pts, grip, pos) in enumerate(
                 zip(
                     result["images"],
                     result["actions"],
                     result["plans"],
                     result["points"],
                     result["grippers"],
+                    result["positions"],
                     strict=True,
                 )
             ):
@@ -299,6 +307,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                         "grounded_plan": grounded,
                         "points": pts,
                         "gripper": grip,
+                        "ee_xyz": pos,
                     }
                 )
             questions = _episode_questions(
@@ -354,3 +363,44 @@ def _episode_questions(
             q, a, kind = qs[int(i)]
             out.append({"frame": base + int(f), "question": q, "answer": a, "kind": kind})
     return out
+
+
+def add_state(folder: Path) -> dict:
+    """Add the arm's state before each step (`gripper` opening, fingertip position `ee_xyz`) to every
+    frame of shards written before datagen recorded it (idempotent). Each episode is replayed
+    without rendering from its seed and the shard's datagen settings (same noise, same shield),
+    and checked against its recorded actions; an episode that diverges keeps no state, and
+    training on state leaves its frames out."""
+    from robot_io.sim.env import SimConfig, TabletopSim
+    from rt2_cot.data.grounding import _task
+
+    sim, codec = TabletopSim(SimConfig()), ActionCodec()
+    totals = {"shards": 0, "frames": 0, "skipped_shards": 0, "diverged_episodes": 0}
+    for path in fmt.shard_paths(Path(folder)):
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text())
+        if all("gripper" in fr and "ee_xyz" in fr for fr in meta["frames"]):
+            totals["skipped_shards"] += 1
+            continue
+        known = DatagenConfig.__dataclass_fields__
+        cfg = DatagenConfig(**{k: v for k, v in meta.get("datagen", {"episodes": 0}).items() if k in known})
+        if "shielded" not in meta.get("datagen", {}):
+            cfg.shielded = False  # written before session 3: executed unshielded
+        with np.load(path) as z:
+            actions, episode_ids = z["actions"], z["episode"]
+        for ep in meta["episodes"]:
+            idx = np.flatnonzero(episode_ids == ep["id"])
+            result = run_episode(sim, _task(ep["task"]), int(ep["seed"]), cfg, codec, render=False)
+            if [list(a) for a in result["actions"]] != actions[idx].tolist():
+                logger.warning(f"{path.name}: episode {ep['id']} diverges from its recording; no state")
+                totals["diverged_episodes"] += 1
+                continue
+            for i, grip, pos in zip(idx, result["grippers"], result["positions"], strict=True):
+                meta["frames"][i]["gripper"], meta["frames"][i]["ee_xyz"] = grip, pos
+            totals["frames"] += len(idx)
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        tmp.rename(side)
+        totals["shards"] += 1
+        logger.info(f"{path.name}: state added ({totals['frames']} frames so far)")
+    return totals

@@ -11,6 +11,7 @@ import torch
 from loguru import logger
 
 from rt2_cot.data import format as fmt
+from rt2_cot.errors import ConfigError
 from rt2_cot.model.configuration_rt2_cot_mini import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
 
@@ -98,15 +99,22 @@ class RobotData:
         gripper: bool = False,
         point_roles: bool = False,
         gripper_state: bool = False,
+        position_state: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
         `gripper`: grounded plans also say where the gripper is. `point_roles`: the integers of a
         plan or pointing answer (image coordinates) get the POINT role, so training scores them like
         action bins (near misses cost little) instead of as unrelated words. `gripper_state`: the
-        chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`)."""
+        chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`).
+        `position_state`: and the end-effector position (`Position: 120 88 30`, recorded by datagen or
+        added by `rt2-cot datagen --add-state`); frames without one are left out."""
+        from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
+        from rt2_cot.prompts import position_bins
+
         self.text = TextCache(tokenizer)
         self.gripper_state = gripper_state
+        self.position_state = position_state
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
@@ -133,6 +141,9 @@ class RobotData:
                         "split": ep.get("split", "train")
                         if not grounded or "grounded_plan" in fr
                         else "ungrounded",
+                        "position": position_bins(fr["ee_xyz"], DEFAULT_POSITION_BOX)
+                        if "ee_xyz" in fr
+                        else None,
                         "family": ep.get("family", ""),
                         "step": fr["step"],
                         "gripper": openings[i],
@@ -142,6 +153,15 @@ class RobotData:
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
+        if position_state:
+            missing = [f for f in self.frames if f["position"] is None]
+            for f in missing:
+                f["split"] = "no-state"
+            if missing and len(missing) == len(self.frames):
+                raise ConfigError(
+                    "position_in_prompt: no frame records the arm's position; add it with "
+                    f"`rt2-cot datagen --out DIR --add-state` ({', '.join(map(str, folders))})"
+                )
         keep = {i for i, f in enumerate(self.frames) if f["split"] in splits}
         self.robot_frames = np.array(sorted(keep), dtype=np.int64)
         self.vl = [v for v in self.vl if v[0] in keep]
@@ -205,15 +225,20 @@ class RobotData:
             earlier, plan_age = earlier - 1, plan_age - 1
         plan = self.frames[earlier]["plan"]
         gripper = f["gripper"] if self.gripper_state else None
+        position = f["position"] if self.position_state else None
         given: list[int] = []
         if plain:
             prompt, target = fmt.plain_prompt(f["instruction"]), fmt.plain_target(f["action"])
         elif earlier != frame:
             # A reused plan is given text, not something to learn to write: it joins the prompt.
-            prompt, target = fmt.cot_prompt(f["instruction"], gripper), fmt.plain_target(f["action"])
+            prompt, target = (
+                fmt.cot_prompt(f["instruction"], gripper, position),
+                fmt.plain_target(f["action"]),
+            )
             given = self.text(fmt.cot_target(plan, []).rstrip())
         else:
-            prompt, target = fmt.cot_prompt(f["instruction"], gripper), fmt.cot_target(plan, f["action"])
+            prompt = fmt.cot_prompt(f["instruction"], gripper, position)
+            target = fmt.cot_target(plan, f["action"])
         t = self.text(target)
         return Example(
             frame,

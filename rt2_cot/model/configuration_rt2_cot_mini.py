@@ -14,6 +14,9 @@ EOS_TOKEN_ID = 102
 PAD_TOKEN_ID = 0
 
 
+# robot_io.safety.SafetyLimits' default workspace box (metres, arm base frame), per axis (min, max).
+DEFAULT_POSITION_BOX = ((0.15, 0.80), (-0.40, 0.40), (0.0, 0.45))
+
 # The frozen EfficientNet-Lite0 maps at 128 px: (channels, side) from finest to coarsest.
 STRIDE8_MAP, STRIDE16_MAP, HEAD_MAP = (40, 16), (112, 8), (1280, 4)
 
@@ -62,6 +65,11 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
         # half-closed gripper looks open, and the shield closes in two steps (model card).
         gripper_in_prompt: bool = False,
+        # Trained with the end-effector position stated too ("Position: 120 88 30": 0..255 across
+        # `position_box`, metres in the arm's base frame; default: the safety shield's workspace box).
+        # From one front camera "too far" and "too high" look alike (model card); the arm knows.
+        position_in_prompt: bool = False,
+        position_box: list | None = None,
         bos_token_id: int = BOS_TOKEN_ID,
         eos_token_id: int = EOS_TOKEN_ID,
         pad_token_id: int = PAD_TOKEN_ID,
@@ -86,6 +94,8 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.output_token_ids = list(output_token_ids) if output_token_ids is not None else []
         self.action_readout = action_readout
         self.gripper_in_prompt = bool(gripper_in_prompt)
+        self.position_in_prompt = bool(position_in_prompt)
+        self.position_box = [list(map(float, b)) for b in (position_box or DEFAULT_POSITION_BOX)]
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(
             bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs

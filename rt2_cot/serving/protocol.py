@@ -9,8 +9,9 @@ Wire conventions (shared with `rt2_cot.backends.remote`, and what vLLM/SGLang al
 - the constraint is a guided-decoding regex: `guided_regex` or `structured_outputs.regex`, at the
   top level or inside a literal `extra_body` object;
 - robot state, for models trained with it, is structured data beside the messages, not prompt
-  text: `robot_state: {"gripper": 0.5}` (opening, 0 closed .. 1 open). Servers that do not know the
-  field ignore it (vLLM logs and drops unknown fields), and so do models not trained with it.
+  text: `robot_state: {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2]}` (opening, 0 closed .. 1 open;
+  end-effector position in metres, arm base frame). Servers that do not know the field ignore it
+  (vLLM logs and drops unknown fields), and so do models not trained with it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def parse_chat_request(body: object) -> ChatRequest:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise RequestError("`seed` must be an integer", param="seed")
     stream_options = body.get("stream_options") or {}
+    gripper, ee_xyz = _robot_state(body)
 
     return ChatRequest(
         generation=GenerationRequest(
@@ -117,7 +119,8 @@ def parse_chat_request(body: object) -> ChatRequest:
             instruction=instruction,
             prompt_style=style,
             given_plan=given_plan,
-            gripper=_robot_gripper(body),
+            gripper=gripper,
+            ee_xyz=ee_xyz,
             max_new_tokens=max_tokens,
             temperature=float(temperature),
             seed=seed,
@@ -174,22 +177,31 @@ def parse_prompt(text: str) -> tuple[PromptStyle, str]:
     return "cot", text
 
 
-def _robot_gripper(body: dict) -> float | None:
-    """`robot_state.gripper` (0..1) or None; anything else in `robot_state` is refused by name."""
+def _robot_state(body: dict) -> tuple[float | None, tuple[float, float, float] | None]:
+    """(`robot_state.gripper` 0..1, `robot_state.ee_xyz` metres), each None when absent."""
     state = body.get("robot_state")
     if state is None:
-        return None
-    if not isinstance(state, dict) or set(state) - {"gripper"}:
+        return None, None
+    if not isinstance(state, dict) or set(state) - {"gripper", "ee_xyz"}:
         raise RequestError(
-            '`robot_state` must be an object like {"gripper": 0.5} (opening, 0 closed .. 1 open)',
+            '`robot_state` must be an object like {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2]}',
             param="robot_state",
         )
-    value = state.get("gripper")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+    gripper, xyz = state.get("gripper"), state.get("ee_xyz")
+    if gripper is not None and (
+        isinstance(gripper, bool) or not isinstance(gripper, int | float) or not 0.0 <= float(gripper) <= 1.0
+    ):
         raise RequestError("`robot_state.gripper` must be a number 0..1", param="robot_state")
-    return float(value)
+    if xyz is not None and (
+        not isinstance(xyz, list)
+        or len(xyz) != 3
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e3 for v in xyz)
+    ):
+        raise RequestError("`robot_state.ee_xyz` must be three numbers (metres)", param="robot_state")
+    return (
+        None if gripper is None else float(gripper),
+        None if xyz is None else (float(xyz[0]), float(xyz[1]), float(xyz[2])),
+    )
 
 
 def _guided_form(body: dict) -> str | None:

@@ -15,7 +15,7 @@ pytest.importorskip(
 )
 
 import rt2_cot.model as rt2_model
-from rt2_cot.backends.base import GenerationRequest, stated_gripper
+from rt2_cot.backends.base import GenerationRequest, prompt_state
 from rt2_cot.backends.builtin import BuiltinBackend
 from rt2_cot.constrained import ActionGrammarProcessor
 from rt2_cot.errors import ModelLoadError
@@ -86,8 +86,10 @@ def frames(n: int, seed: int = 0) -> list[np.ndarray]:
 def reference_ids(backend: BuiltinBackend, request: GenerationRequest) -> list[int]:
     """transformers generate() with the runtime's grammar processor, greedy."""
     spec = backend._spec(request.prompt_style, request.given_plan is not None, request.max_new_tokens)
-    gripper = stated_gripper(backend.model.config, request)
-    text = build_prompt(request.prompt_style, request.instruction, request.given_plan, gripper)
+    state = prompt_state(backend.model.config, request)
+    text = build_prompt(
+        request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
+    )
     inputs = backend.processor(images=request.image, text=text)
     n = inputs["input_ids"].shape[1]
     with torch.inference_mode():
@@ -175,6 +177,22 @@ def test_the_gripper_is_stated_only_to_a_model_trained_with_it(backend):
             assert run(backend, req)[1] == reference_ids(backend, req)
     finally:
         backend.model.config.gripper_in_prompt = False
+
+
+def test_the_position_is_stated_to_a_model_trained_with_it_and_required(backend):
+    from rt2_cot.errors import BackendError
+
+    image = frames(1, seed=6)[0]
+    config = backend.model.config
+    config.position_in_prompt = True
+    try:
+        with pytest.raises(BackendError, match="end-effector position"):
+            run(backend, GenerationRequest(image=image, instruction="pick up the rock"))
+        for xyz in ((0.45, 0.0, 0.2), (0.3, -0.1, 0.05)):
+            req = GenerationRequest(image=image, instruction="pick up the rock", ee_xyz=xyz, gripper=0.5)
+            assert run(backend, req)[1] == reference_ids(backend, req)
+    finally:
+        config.position_in_prompt = False
 
 
 def scene(colour: tuple[int, int, int], corner: int) -> np.ndarray:

@@ -115,7 +115,10 @@ def test_episodes_execute_through_the_shield_so_a_close_takes_two_steps(shielded
     assert (actions[i + 1, 7] == 0 and (actions[i + 1, 1:4] == 128).all()) == shielded
 
 
-def test_the_gripper_opening_is_recorded_and_older_shards_replay_it_exactly(generated):
+def test_the_arm_state_is_recorded_and_older_shards_replay_it_exactly(generated, tmp_path):
+    import shutil
+
+    from rt2_cot.data.datagen import add_state
     from rt2_cot.data.dataset import _shard_openings
 
     out, _ = generated
@@ -124,6 +127,23 @@ def test_the_gripper_opening_is_recorded_and_older_shards_replay_it_exactly(gene
         recorded = [fr["gripper"] for fr in shard.meta["frames"]]
         # Shielded execution closes in two steps: the half-closed gripper is in the data.
         assert {1.0, 0.5, 0.0} <= set(recorded)
+        assert all(len(fr["ee_xyz"]) == 3 for fr in shard.meta["frames"])
         for fr in shard.meta["frames"]:
             del fr["gripper"]  # as written before datagen recorded it
         assert _shard_openings(shard) == recorded
+
+    # `rt2-cot datagen --add-state`: the same states from a replay (noise and shield included).
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    want = {}
+    for path in fmt.shard_paths(old):
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text())
+        want[path.name] = [(fr.pop("gripper"), fr.pop("ee_xyz")) for fr in meta["frames"]]
+        side.write_text(json.dumps(meta))
+    totals = add_state(old)
+    assert totals["shards"] == 2 and totals["diverged_episodes"] == 0
+    for path in fmt.shard_paths(old):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert [(fr["gripper"], fr["ee_xyz"]) for fr in meta["frames"]] == want[path.name]
+    assert add_state(old)["skipped_shards"] == 2  # idempotent

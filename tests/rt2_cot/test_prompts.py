@@ -87,6 +87,21 @@ def test_the_gripper_opening_is_stated_in_percent_after_the_instruction():
         build_prompt("cot", "x", gripper=float("nan"))
 
 
+def test_the_position_follows_the_gripper_as_integers_over_the_box():
+    from rt2_cot.prompts import position_bins
+
+    box = ((0.15, 0.80), (-0.40, 0.40), (0.0, 0.45))
+    assert position_bins((0.15, 0.0, 0.45), box) == (0, 128, 255)
+    assert position_bins((5.0, -5.0, 0.225), box) == (255, 0, 128)  # outside the box saturates
+    assert (
+        build_prompt("cot", "pick up the apple", gripper=0.5, position=(0, 128, 255))
+        == "Instruction: pick up the apple Gripper: 50 Position: 0 128 255"
+    )
+    assert build_prompt("plain", "x", position=(1, 2, 3)) == build_prompt("plain", "x")
+    with pytest.raises(ConfigError, match="three numbers"):
+        position_bins((0.1, 0.2), box)
+
+
 def test_a_state_field_without_its_placeholder_is_refused(tmp_path):
     path = tmp_path / "templates.yaml"
     path.write_text("cot:\n  prompt: 'Instruction: {instruction}'\n  state: 'Gripper open'\n")

@@ -70,11 +70,13 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
 
     # A new prompt field (the gripper's opening) may be added in the second phase; the checkpoint
     # then tells every backend to state it.
-    phase2 = replace(cfg, steps=2, warmup_steps=1, init_from=str(out), gripper_in_prompt=True)
+    phase2 = replace(
+        cfg, steps=2, warmup_steps=1, init_from=str(out), gripper_in_prompt=True, position_in_prompt=True
+    )
     warm = train(phase2, tmp_path / "phase2")
     assert warm["first_loss"] < 0.7 * first["first_loss"], (first, warm)
     saved = json.loads((tmp_path / "phase2" / "checkpoint" / "config.json").read_text())
-    assert saved["gripper_in_prompt"] is True
+    assert saved["gripper_in_prompt"] is True and saved["position_in_prompt"] is True
     with pytest.raises(ConfigError, match="does not fit"):
         train(
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
@@ -158,6 +160,8 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "max_minutes",
         "warmup_steps",
     }
+    arm = asdict(TrainConfig.from_yaml(configs / "arm_state.yaml"))
+    assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt"}
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")

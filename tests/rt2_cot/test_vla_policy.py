@@ -110,16 +110,17 @@ def test_observation_becomes_the_request():
     assert first.depth[1, 1] == pytest.approx(0.5) and np.isnan(first.depth[0, 0])
     assert second.depth is None
     assert (first.temperature, first.max_new_tokens, first.seed, second.seed) == (0.7, 40, 10, 11)
-    assert first.gripper == 1.0  # the arm's opening travels with the request
+    assert first.gripper == 1.0  # the arm's state travels with the request
+    assert first.ee_xyz == (0.0, 0.0, 0.0)
 
 
 def test_an_arm_without_a_gripper_reading_sends_none():
     backend = ScriptedBackend()
     policy = VLAPolicy(backend)
     obs = observation()
-    obs.arm = ArmState(np.zeros(3), np.zeros(3), float("nan"))
+    obs.arm = ArmState(np.full(3, np.nan), np.zeros(3), float("nan"))
     policy.step(obs)
-    assert backend.requests[-1].gripper is None
+    assert backend.requests[-1].gripper is None and backend.requests[-1].ee_xyz is None
 
 
 def test_run_step_times_and_streams_events():
