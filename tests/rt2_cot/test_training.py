@@ -161,7 +161,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "warmup_steps",
     }
     arm = asdict(TrainConfig.from_yaml(configs / "arm_state.yaml"))
-    assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt"}
+    assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt", "max_minutes"}
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
