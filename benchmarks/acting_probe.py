@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     limits = SafetyLimits(max_gripper_change=args.gripper_rate)
-    backend = load_backend(args.model, action_readout=args.readout)
+    backend = load_backend(args.model, action_readout=args.readout, precision=args.precision)
     sim, codec, rng = TabletopSim(), ActionCodec(), np.random.default_rng(args.seed)
     wins, steps = 0, []
     # The first close of each episode: was it within the grasp radius, and did the model then hold
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "plan": args.plan,
         "readout": args.readout,
+        "precision": args.precision,
         "gripper_rate": args.gripper_rate,
         "finish_close": args.finish_close,
         "family": args.family,
@@ -145,6 +146,7 @@ def main() -> int:
         "--readout", choices=["argmax", "expected"], default=None, help="default: the checkpoint's"
     )
     ap.add_argument("--gripper-rate", type=float, default=0.5, help="max gripper change a step (shield: 0.5)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32", help="decoder precision")
     ap.add_argument("--family", default="pick", help="task family, or 'any'")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=40)

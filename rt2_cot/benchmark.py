@@ -63,8 +63,10 @@ class BenchResult:
     speedup_reuse_vs_naive: float | None = None
     valid_action_fraction: float = 0.0
     # Steps where the fast path's plan-every-step output (plan and 8 tokens) equals generate()'s on
-    # the same frame: the speed-ups are only worth something if this stays at 1.0.
+    # the same frame: 1.0 in fp32 (the speed-ups change nothing); bf16 rounds the decoder, so a
+    # motion bin may move by one or two (its effect on success is measured with `rt2-cot eval`).
     same_output_as_naive: float | None = None
+    precision: str = "fp32"  # the fast path's decoder: fp32 or bf16 (`--precision`)
     # Where a plan-every-step step goes (fast path): frozen image encoder, then the one prefill pass.
     vision_ms_p50: float | None = None
     prefill_ms_p50: float | None = None
@@ -190,6 +192,7 @@ def run_benchmark(
     naive: bool = True,
     threads: int | None = None,
     drafts: bool = True,
+    precision: str | None = None,
 ) -> BenchResult:
     """Measure the three paths on `steps` simulator frames (after `warmup` untimed steps)."""
     import torch
@@ -218,7 +221,12 @@ def run_benchmark(
 
         m, processor, plan_tokens = random_builtin_model(seed)
         fast = BuiltinBackend(
-            model=m, processor=processor, num_threads=threads, max_plan_tokens=plan_tokens, drafts=drafts
+            model=m,
+            processor=processor,
+            num_threads=threads,
+            max_plan_tokens=plan_tokens,
+            drafts=drafts,
+            precision=precision,
         )
         naive_backend = NaiveGenerateBackend(m, processor, max_plan_tokens=plan_tokens) if naive else None
         weights = f"random init of the built-in config; plan budget {plan_tokens} tokens"
@@ -227,7 +235,11 @@ def run_benchmark(
                 f"no built-in checkpoint at {builtin_checkpoint()}: measured a random init of its config"
             )
     else:
-        fast = load_backend(model)
+        from rt2_cot.backends import _model_type
+
+        local = builtin_checkpoint() if model == "builtin" else Path(model)
+        builtin_kind = not model.startswith(("http://", "https://")) and _model_type(local) == "rt2_cot_mini"
+        fast = load_backend(model, **({"precision": precision} if builtin_kind and precision else {}))
         torch.set_num_threads(threads)  # backends pick their own default; the bench's choice wins
         if hasattr(fast, "drafts_enabled"):
             fast.drafts_enabled = drafts
@@ -339,6 +351,7 @@ def run_benchmark(
         prefill_ms_p50=_percentile(prefill_ms, 50) if prefill_ms else None,
         valid_action_fraction=valid / steps,
         draft_acceptance=(accepted / drafted) if drafted and drafts else None,
+        precision=getattr(fast, "precision", "fp32"),
         steps=steps,
         replan_every=replan_every,
         drafts=drafts and hasattr(fast, "drafts_enabled"),

@@ -107,6 +107,7 @@ class BuiltinBackend:
         num_threads: int | None = None,
         drafts: bool = True,
         quantize: bool = False,
+        precision: str | None = None,
         max_plan_tokens: int | None = None,
         action_readout: str | None = None,
     ) -> None:
@@ -114,6 +115,10 @@ class BuiltinBackend:
 
         `drafts`: speculative drafts from the previous step (lossless for greedy decoding).
         `quantize`: dynamic int8 decoder linears, in place (not token-identical; off by default).
+        `precision`: "fp32" (the same tokens as `generate()`), "bf16" (a bfloat16 copy of the
+        decoder layers for the fast loop; logits and the vision encoder stay fp32), or "auto" (bf16
+        where the CPU has native bf16 arithmetic, see `cpu_has_bf16`). Default: $RT2_PRECISION,
+        else fp32.
         `max_plan_tokens`: plan budget of the grammar (default: the runtime's).
         `action_readout`: "argmax" or "expected" for the motion bins (default: the checkpoint's).
         `num_threads`: torch intra-op threads (default: `default_num_threads()`).
@@ -154,6 +159,22 @@ class BuiltinBackend:
         self._vision = self.model.vision.fused_for_inference().to(memory_format=torch.channels_last)
         self._setup_tables()
         self._custom_layers = self._check_custom_layers()
+        precision = precision or os.environ.get("RT2_PRECISION") or "fp32"
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ModelLoadError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+        if precision == "bf16" and not self._custom_layers:
+            logger.warning("builtin fast path: bf16 needs the custom layer loop; running fp32")
+            precision = "fp32"
+        self.precision = precision
+        # The loop's own decoder weights: the model's (fp32), or a bfloat16 copy. A copy, so that the
+        # model object (shared with generate() in `rt2-cot bench`, and with training) is untouched.
+        import copy
+
+        self._fast_layers = (
+            copy.deepcopy(self.model.layers).to(torch.bfloat16) if precision == "bf16" else self.model.layers
+        )
 
     # -- one-time tables ---------------------------------------------------------------------------
     def _setup_tables(self) -> None:
@@ -255,8 +276,10 @@ class BuiltinBackend:
     def _alloc(self, length: int) -> None:
         head_dim = self.hidden // self.n_head
         size = max(256, 1 << (length - 1).bit_length())
-        if getattr(self, "_kv_size", 0) < size:
-            dtype = self.out_w.dtype
+        layers = getattr(self, "_fast_layers", self.model.layers)
+        dtype = next(layers.parameters()).dtype
+        if getattr(self, "_kv_size", 0) < size or self._k[0].dtype != dtype:
+            size = max(size, getattr(self, "_kv_size", 0))
             shape = (1, self.n_head, size, head_dim)
             self._k = [torch.zeros(shape, dtype=dtype) for _ in self.model.layers]
             self._v = [torch.zeros(shape, dtype=dtype) for _ in self.model.layers]
@@ -279,12 +302,15 @@ class BuiltinBackend:
         The same operations, in the same order, as the model's DecoderLayer (dropout is identity in
         eval). Only rows from `keep_from` on are returned; the last layer computes its attention and
         feed-forward for those rows alone (the others' keys and values are all the cache needs).
+        With `precision="bf16"` the layers are the bfloat16 copy and `x` is cast to it on entry.
         """
+        layers = getattr(self, "_fast_layers", self.model.layers)
+        x = x.to(self._k[0].dtype)
         b, t, d = x.shape
         end = start + t
         hd = d // self.n_head
-        last = len(self.model.layers) - 1
-        for i, layer in enumerate(self.model.layers):
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
             q, k, v = layer.qkv(x).view(b, t, 3, self.n_head, hd).permute(2, 0, 3, 1, 4)
             kb, vb = self._k[i], self._v[i]
             kb[:, :, start:end] = k
@@ -351,6 +377,7 @@ class BuiltinBackend:
         forced = state.forced_id()
         if forced is not None:
             return int(forced)
+        hidden = hidden.float()  # logits in fp32 whatever the layers ran in
         if state.phase is Phase.ACTION:
             logits = F.linear(hidden, self.act_w, self.act_b)[0]
             ids = self.act_ids
@@ -504,6 +531,17 @@ class BuiltinBackend:
     def reset_drafts(self) -> None:
         """Forget previous outputs (drafts); the next step decodes from scratch."""
         self._draft.clear()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic on this CPU (AVX512-BF16 or AMX), where `precision="auto"` picks
+    bf16. Measured here (AMD EPYC, AVX512-BF16): a 100x384 @ 384x1152 matmul 0.81 ms fp32, 0.20 ms
+    bf16. Without native support bf16 matmuls are emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def default_num_threads() -> int:

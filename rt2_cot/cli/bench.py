@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch intra-op threads (default: $RT2_NUM_THREADS or 1)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default=None,
+        help="built-in model's decoder in the fast path (default: $RT2_PRECISION or fp32)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulator scene and task seed")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         naive=not args.no_naive,
         threads=args.threads,
         drafts=not args.no_drafts,
+        precision=args.precision,
     )
     data = result.to_dict()
     if args.json:
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"model               {data['weights']}",
         f"instruction         {data['instruction']!r}  ({data['steps']} steps, {data['threads']} threads, "
-        f"drafts {'on' if data['drafts'] else 'off'})",
+        f"drafts {'on' if data['drafts'] else 'off'}, {data['precision']})",
         f"CoT every step      {data['cot_every_step_hz']:.1f} Hz   (p50 {data['step_ms_p50']:.1f} ms, p95 {data['step_ms_p95']:.1f} ms, TTFT p50 {data['ttft_ms_p50']:.1f} ms)",
         f"plan reuse (1/{data['replan_every']})    {data['plan_reuse_hz']:.1f} Hz   (p50 {data['plan_reuse_step_ms_p50']:.1f} ms)",
         f"naive generate()    {naive}",

@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model policy, local checkpoints: how greedy decoding reads the motion bins "
         "(default: what the checkpoint's config says; see rt2_cot.constrained)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        help="built-in model: the fast path's decoder precision (default: $RT2_PRECISION or fp32)",
+    )
     parser.add_argument("--report", type=Path, help="write a Markdown report here")
     parser.add_argument("--csv", type=Path, help="write one CSV row per episode here")
     parser.add_argument("--save", type=Path, help="write the full results as JSON (for --compare-with)")
@@ -75,6 +80,13 @@ def _policy_factory(args: argparse.Namespace):
     if args.action_readout and args.model.startswith(("http://", "https://")):
         raise ConfigError("--action-readout applies to local checkpoints; a server decides its own readout")
     options = {"action_readout": args.action_readout} if args.action_readout else {}
+    if args.precision:
+        from rt2_cot.backends import _model_type, builtin_checkpoint
+
+        local = builtin_checkpoint() if args.model == "builtin" else Path(args.model)
+        if args.model.startswith(("http://", "https://")) or _model_type(local) != "rt2_cot_mini":
+            raise ConfigError("--precision applies to the built-in model (rt2-cot-mini checkpoints)")
+        options["precision"] = args.precision
     backend = load_backend(args.model, **options)  # loaded once; every case reuses it
     if args.plan_source != "model":
         from rt2_cot.vla_policy import OraclePlanPolicy
