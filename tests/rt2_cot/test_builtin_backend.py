@@ -275,3 +275,28 @@ def test_expected_readout_equals_generate_and_differs_from_argmax(checkpoint, ba
     assert differs
     with pytest.raises(Exception, match="action readout"):
         BuiltinBackend(checkpoint, num_threads=1, action_readout="median")
+
+
+def test_bf16_decoder_is_a_copy_and_stays_close_to_fp32(backend):
+    from rt2_cot.backends.builtin import cpu_has_bf16
+    from rt2_cot.errors import ModelLoadError
+
+    fast = BuiltinBackend(model=backend.model, processor=backend.processor, num_threads=1, precision="bf16")
+    assert fast.precision == "bf16"
+    assert next(fast._fast_layers.parameters()).dtype == torch.bfloat16
+    assert next(backend.model.layers.parameters()).dtype == torch.float32  # the model is untouched
+    same = 0
+    images = frames(6, seed=11)
+    for image in images:
+        request = GenerationRequest(image=image, instruction="move the can near the apple")
+        text, ids = run(fast, request)
+        parser = StreamParser("cot")
+        events = parser.feed(text) + parser.finish()
+        # Every step still ends in exactly one valid action.
+        assert sum(type(e).__name__ == "ActionComplete" for e in events) == 1, text
+        same += ids == run(backend, request)[1]
+    assert same >= len(images) // 2, f"bf16 agreed with fp32 on only {same}/{len(images)} steps"
+    auto = BuiltinBackend(model=backend.model, processor=backend.processor, num_threads=1, precision="auto")
+    assert auto.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(ModelLoadError, match="precision"):
+        BuiltinBackend(model=backend.model, processor=backend.processor, num_threads=1, precision="fp8")
