@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["fp32", "bf16", "auto"],
         default=None,
-        help="built-in model's decoder in the fast path (default: $RT2_PRECISION or fp32)",
+        help="built-in model's decoder in the fast path (default: $RT2_PRECISION or auto: bf16 where the CPU has it natively)",
     )
     parser.add_argument("--seed", type=int, default=0, help="simulator scene and task seed")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=["fp32", "bf16", "auto"],
-        help="built-in model: the fast path's decoder precision (default: $RT2_PRECISION or fp32)",
+        help="built-in model: the fast path's decoder precision (default: $RT2_PRECISION or auto: bf16 where the CPU has it natively)",
     )
     parser.add_argument("--report", type=Path, help="write a Markdown report here")
     parser.add_argument("--csv", type=Path, help="write one CSV row per episode here")

@@ -74,7 +74,8 @@ def backend(checkpoint):
     # One intra-op thread: the suite shares the machine (idle OpenMP threads spin under load);
     # the backend sets a process-wide thread count, so restore it for the tests that follow.
     threads = torch.get_num_threads()
-    yield BuiltinBackend(checkpoint, num_threads=1)
+    # fp32: these tests hold the fast path to generate()'s exact tokens (bf16 is tested on its own).
+    yield BuiltinBackend(checkpoint, num_threads=1, precision="fp32")
     torch.set_num_threads(threads)
 
 
@@ -128,7 +129,9 @@ def test_greedy_tokens_equal_generate(backend, style, given_plan):
 def test_fallback_through_the_models_own_layers_gives_the_same_tokens(backend):
     """If the model's layer internals change, the backend falls back to `model.run_layers` with a
     DynamicCache (rejected drafts cropped); that path must give the same tokens too."""
-    fallback = BuiltinBackend(model=backend.model, processor=backend.processor, num_threads=1)
+    fallback = BuiltinBackend(
+        model=backend.model, processor=backend.processor, num_threads=1, precision="fp32"
+    )
     fallback._custom_layers = False
     images = frames(2, seed=21)
     for image in (images[0], images[1], images[1]):
@@ -140,7 +143,9 @@ def test_fallback_through_the_models_own_layers_gives_the_same_tokens(backend):
 def test_drafts_are_lossless_and_skip_decoding_when_the_frame_repeats(backend):
     fast = backend
     fast.reset_drafts()
-    plain = BuiltinBackend(model=backend.model, processor=backend.processor, drafts=False, num_threads=1)
+    plain = BuiltinBackend(
+        model=backend.model, processor=backend.processor, drafts=False, num_threads=1, precision="fp32"
+    )
     images = frames(4, seed=7)
     sequence = [images[0], images[0], images[1], images[2], images[2], images[3]]
     for image in sequence:
@@ -258,7 +263,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
 def test_expected_readout_equals_generate_and_differs_from_argmax(checkpoint, backend):
     """`action_readout="expected"` reads the six motion bins at their softmax expectation in both
     the fast path and generate() (through the grammar processor): same tokens, and not argmax's."""
-    expected = BuiltinBackend(checkpoint, num_threads=1, action_readout="expected")
+    expected = BuiltinBackend(checkpoint, num_threads=1, action_readout="expected", precision="fp32")
     assert expected.expected_dims == (1, 2, 3, 4, 5, 6) and backend.expected_dims == ()
     differs = False
     for image in frames(3, seed=7):
