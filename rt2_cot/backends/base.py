@@ -66,8 +66,9 @@ def prompt_state(model_config, request: GenerationRequest) -> PromptState:
     if getattr(model_config, "position_in_prompt", False):
         if request.ee_xyz is None:
             raise BackendError(
-                "this model acts from the arm's end-effector position (position_in_prompt) and none "
-                "was given: run it with an arm, or pass the position (rt2-cot act --ee-xyz X Y Z)"
+                "this model acts from the arm's end-effector position (position_in_prompt) and the "
+                "request has none: run it with an arm, send `robot_state.ee_xyz` to a server, or pass "
+                "`rt2-cot act --ee-xyz X Y Z`"
             )
         position = position_bins(request.ee_xyz, model_config.position_box)
     return PromptState(gripper, position)
