@@ -153,7 +153,8 @@ class NaiveGenerateBackend:
 
 
 def random_builtin_model(seed: int = 0):
-    """rt2-cot-mini with the built-in config and random trained parts (frozen parts pretrained).
+    """rt2-cot-mini with the built-in checkpoint's config (its image layout and prompt; the class
+    defaults if there is no checkpoint) and random trained parts (frozen parts pretrained).
 
     Its output vocabulary is built like the trainer's, from simulator task texts."""
     import torch
@@ -166,8 +167,17 @@ def random_builtin_model(seed: int = 0):
     rng = np.random.default_rng(seed)
     tasks = [sample_task(rng) for _ in range(200)]
     ids = build_output_vocabulary(tokenizer, [t.instruction for t in tasks] + [t.plan for t in tasks])
+    from rt2_cot.backends import builtin_checkpoint
+
     torch.manual_seed(seed)
-    model = rt2_model.Rt2CotMiniForConditionalGeneration(rt2_model.Rt2CotMiniConfig(output_token_ids=ids))
+    committed = builtin_checkpoint() / "config.json"
+    config = (
+        rt2_model.Rt2CotMiniConfig.from_pretrained(str(committed.parent))
+        if committed.is_file()
+        else rt2_model.Rt2CotMiniConfig()
+    )
+    config.output_token_ids = ids
+    model = rt2_model.Rt2CotMiniForConditionalGeneration(config)
     model.load_pretrained_parts()
     processor = rt2_model.Rt2CotMiniProcessor(tokenizer=tokenizer, image_size=model.config.image_size)
     plan_tokens = [len(tokenizer(t.plan, add_special_tokens=False)["input_ids"]) for t in tasks]

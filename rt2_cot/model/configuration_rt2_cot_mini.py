@@ -1,6 +1,9 @@
 """Configuration of rt2-cot-mini: a frozen ImageNet EfficientNet-Lite0 prefix + a MiniLM-L6 causal decoder.
 
-Every default below is the built-in checkpoint's; the comments say why it was chosen.
+Defaults are the first checkpoint's (v1) layout; the comments say why each was chosen. Every
+checkpoint's config.json states all fields, so the current built-in one (64 image tokens with the
+stride-8 map, expected-bin readout, the arm's state in the prompt; see its model card) loads as it
+was trained.
 """
 
 from __future__ import annotations
