@@ -245,11 +245,11 @@ def run_benchmark(
                 f"no built-in checkpoint at {builtin_checkpoint()}: measured a random init of its config"
             )
     else:
-        from rt2_cot.backends import _model_type
+        from rt2_cot.backends import is_builtin_model
 
-        local = builtin_checkpoint() if model == "builtin" else Path(model)
-        builtin_kind = not model.startswith(("http://", "https://")) and _model_type(local) == "rt2_cot_mini"
-        fast = load_backend(model, **({"precision": precision} if builtin_kind and precision else {}))
+        fast = load_backend(
+            model, **({"precision": precision} if precision and is_builtin_model(model) else {})
+        )
         torch.set_num_threads(threads)  # backends pick their own default; the bench's choice wins
         if hasattr(fast, "drafts_enabled"):
             fast.drafts_enabled = drafts

@@ -20,12 +20,22 @@ def builtin_checkpoint() -> Path:
     return Path(os.environ.get("RT2_BUILTIN_CHECKPOINT", BUILTIN_CHECKPOINT))
 
 
+def is_builtin_model(spec: str) -> bool:
+    """Does `--model spec` name an rt2-cot-mini checkpoint (`builtin` or such a folder), which the
+    fast built-in path serves and whose options (precision, ...) apply?"""
+    spec = str(spec).strip()
+    if spec.startswith(("http://", "https://")):
+        return False
+    return _model_type(builtin_checkpoint() if spec == "builtin" else Path(spec)) == "rt2_cot_mini"
+
+
 def load_backend(spec: str = "builtin", **kwargs) -> Backend:
     """`builtin` | `http(s)://host:port/v1` | a local checkpoint folder -> a Backend.
 
     Keyword arguments go to the backend's constructor (e.g. `trust_remote_code=True` for a folder).
     Any rt2-cot-mini folder (the committed checkpoint or a training run's export) gets the fast
-    built-in path, whose greedy output equals the transformers path token for token.
+    built-in path, whose greedy output equals the transformers path token for token in fp32
+    (`precision`, see rt2_cot.backends.builtin).
     """
     spec = str(spec).strip()
     if spec.startswith(("http://", "https://")):
@@ -37,7 +47,7 @@ def load_backend(spec: str = "builtin", **kwargs) -> Backend:
         raise ModelLoadError(
             f"built-in checkpoint not found at {path}; train it with `rt2-cot train` or pass --model PATH_OR_URL"
         )
-    if _model_type(path) == "rt2_cot_mini" and not kwargs.get("trust_remote_code"):
+    if is_builtin_model(spec) and not kwargs.get("trust_remote_code"):
         from rt2_cot.backends.builtin import BuiltinBackend
 
         return BuiltinBackend(path, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"})

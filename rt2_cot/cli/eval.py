@@ -81,10 +81,9 @@ def _policy_factory(args: argparse.Namespace):
         raise ConfigError("--action-readout applies to local checkpoints; a server decides its own readout")
     options = {"action_readout": args.action_readout} if args.action_readout else {}
     if args.precision:
-        from rt2_cot.backends import _model_type, builtin_checkpoint
+        from rt2_cot.backends import is_builtin_model
 
-        local = builtin_checkpoint() if args.model == "builtin" else Path(args.model)
-        if args.model.startswith(("http://", "https://")) or _model_type(local) != "rt2_cot_mini":
+        if not is_builtin_model(args.model):
             raise ConfigError("--precision applies to the built-in model (rt2-cot-mini checkpoints)")
         options["precision"] = args.precision
     backend = load_backend(args.model, **options)  # loaded once; every case reuses it

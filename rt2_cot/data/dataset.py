@@ -68,25 +68,6 @@ def _plan_text(frame: dict, grounded: bool, gripper: bool) -> str:
     return frame["grounded_plan"]
 
 
-def replayed_gripper(actions: np.ndarray, shielded: bool) -> list[float]:
-    """The gripper opening before each step of one episode, from its recorded commands.
-
-    For shards written before datagen recorded the opening: the gripper starts open and follows
-    each step's commanded opening (bin / 255), limited to the safety shield's rate when the episode
-    was executed through the shield (a close takes two steps: 1.0, 0.5, 0.0); a terminate step
-    leaves it where it is. This is exactly what the simulator reports (`TabletopSim.gripper`).
-    """
-    from robot_io.safety import SafetyLimits
-
-    rate = SafetyLimits().max_gripper_change if shielded else 1.0
-    opening, out = 1.0, []
-    for action in actions:
-        out.append(opening)
-        if int(action[0]) == 0:
-            opening = float(np.clip(int(action[7]) / 255.0, opening - rate, opening + rate))
-    return out
-
-
 class RobotData:
     """All shards of one or more data folders, in memory, with cached backbone features."""
 
@@ -106,9 +87,10 @@ class RobotData:
         `gripper`: grounded plans also say where the gripper is. `point_roles`: the integers of a
         plan or pointing answer (image coordinates) get the POINT role, so training scores them like
         action bins (near misses cost little) instead of as unrelated words. `gripper_state`: the
-        chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`).
-        `position_state`: and the end-effector position (`Position: 120 88 30`, recorded by datagen or
-        added by `rt2-cot datagen --add-state`); frames without one are left out."""
+        chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`);
+        `position_state`: and the end-effector position (`Position: 120 88 30`). Datagen records
+        both, `rt2-cot datagen --add-state` adds them to older shards; frames without what the
+        prompt needs are left out."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
         from rt2_cot.prompts import position_bins
 
@@ -128,7 +110,6 @@ class RobotData:
         for si, shard in enumerate(self.shards):
             base = int(self.offsets[si])
             episodes = {e["id"]: e for e in shard.meta["episodes"]}
-            openings = _shard_openings(shard)
             for i, fr in enumerate(shard.meta["frames"]):
                 ep = episodes[fr["episode"]]
                 self.frames.append(
@@ -146,21 +127,22 @@ class RobotData:
                         else None,
                         "family": ep.get("family", ""),
                         "step": fr["step"],
-                        "gripper": openings[i],
+                        "gripper": fr.get("gripper"),
                     }
                 )
             for q in shard.meta.get("vl", []):
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
-        if position_state:
-            missing = [f for f in self.frames if f["position"] is None]
+        needed = [k for k, on in (("gripper", gripper_state), ("position", position_state)) if on]
+        if needed:
+            missing = [f for f in self.frames if any(f[k] is None for k in needed)]
             for f in missing:
                 f["split"] = "no-state"
             if missing and len(missing) == len(self.frames):
                 raise ConfigError(
-                    "position_in_prompt: no frame records the arm's position; add it with "
-                    f"`rt2-cot datagen --out DIR --add-state` ({', '.join(map(str, folders))})"
+                    f"the prompt states the arm's {' and '.join(needed)} but no frame records it; add "
+                    f"it with `rt2-cot datagen --out DIR --add-state` ({', '.join(map(str, folders))})"
                 )
         keep = {i for i, f in enumerate(self.frames) if f["split"] in splits}
         self.robot_frames = np.array(sorted(keep), dtype=np.int64)
@@ -381,20 +363,3 @@ def unpack_maps(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     fine = packed[:, :n_fine].float().view(b, 112, 8, 8)
     coarse = packed[:, n_fine:].float().view(b, 1280, 4, 4)
     return fine, coarse
-
-
-def _shard_openings(shard) -> list[float]:
-    """Per frame of a shard: the gripper opening datagen recorded, else replayed from the commands."""
-    frames = shard.meta["frames"]
-    if frames and all("gripper" in fr for fr in frames):
-        return [float(fr["gripper"]) for fr in frames]
-    shielded = bool(shard.meta.get("datagen", {}).get("shielded", False))
-    out = [1.0] * len(frames)
-    by_episode: dict[int, list[int]] = {}
-    for i, fr in enumerate(frames):
-        by_episode.setdefault(fr["episode"], []).append(i)
-    for rows in by_episode.values():
-        rows.sort(key=lambda i: frames[i]["step"])
-        for i, opening in zip(rows, replayed_gripper(shard.actions[rows], shielded), strict=True):
-            out[i] = opening
-    return out
