@@ -109,3 +109,9 @@ def test_training_exports_get_the_fast_path(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llava"}))
     with pytest.raises(ModelLoadError):
         load_backend(str(tmp_path / "other"))
+    from rt2_cot.backends import is_builtin_model
+
+    assert is_builtin_model(str(tmp_path / "mini"))
+    assert not is_builtin_model(str(tmp_path / "other"))
+    assert not is_builtin_model("http://127.0.0.1:9/v1")
+    assert not is_builtin_model(str(tmp_path / "nowhere"))
