@@ -110,7 +110,6 @@ class NaiveGenerateBackend:
         import torch
 
         from rt2_cot.constrained import DEFAULT_MAX_PLAN_TOKENS, ActionGrammarProcessor, GrammarSpec, Phase
-        from rt2_cot.prompts import build_prompt
 
         spec = GrammarSpec.for_tokenizer(
             self.tokenizer,
@@ -122,12 +121,9 @@ class NaiveGenerateBackend:
             eos_id=int(self.model.config.eos_token_id),
             expected_dims=self.expected_dims,
         )
-        from rt2_cot.backends.base import prompt_state
+        from rt2_cot.backends.base import request_prompt
 
-        state = prompt_state(self.model.config, request)  # the same prompt as the fast path
-        text = build_prompt(
-            request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
-        )
+        text = request_prompt(self.model.config, request).text  # the same prompt as the fast path
         inputs = self.processor(images=request.image, text=text)
         n = inputs["input_ids"].shape[1]
         with torch.inference_mode():

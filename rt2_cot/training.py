@@ -47,9 +47,9 @@ class TrainConfig:
     # Image coordinates (grounded plans, pointing answers) trained like action bins: Gaussian soft
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
-    # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as recorded by
-    # datagen or, for older shielded shards, replayed from their commands; written into the
-    # checkpoint so that every backend states it too.
+    # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
+    # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
+    # that every backend states it too.
     gripper_in_prompt: bool = False
     # ... and the end-effector position (proprioception, as pi0 and Octo condition on): 0..255 over
     # the model config's position_box. Needs frames with `ee_xyz` (`rt2-cot datagen --add-state`).

@@ -74,6 +74,17 @@ def prompt_state(model_config, request: GenerationRequest) -> PromptState:
     return PromptState(gripper, position)
 
 
+def request_prompt(model_config, request: GenerationRequest):
+    """The request's prompt as `model_config`'s model was trained to read it (`RenderedPrompt`):
+    the template, the given plan, and the arm state `prompt_state` says it states."""
+    from rt2_cot.prompts import render_prompt
+
+    state = prompt_state(model_config, request)
+    return render_prompt(
+        request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
+    )
+
+
 class Backend(Protocol):
     name: str
 

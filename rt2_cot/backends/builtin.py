@@ -163,6 +163,7 @@ class BuiltinBackend:
         # ~7.2 -> ~5.3 ms a frame on one core (features equal to ~1e-5; the model itself is untouched).
         self._vision = self.model.vision.fused_for_inference().to(memory_format=torch.channels_last)
         self._setup_tables()
+        self._fast_layers = self.model.layers  # the loop's decoder weights (below: maybe a bf16 copy)
         self._custom_layers = self._check_custom_layers()
         precision = precision or os.environ.get("RT2_PRECISION") or "auto"
         if precision not in ("fp32", "bf16", "auto"):
@@ -281,8 +282,7 @@ class BuiltinBackend:
     def _alloc(self, length: int) -> None:
         head_dim = self.hidden // self.n_head
         size = max(256, 1 << (length - 1).bit_length())
-        layers = getattr(self, "_fast_layers", self.model.layers)
-        dtype = next(layers.parameters()).dtype
+        dtype = next(self._fast_layers.parameters()).dtype
         if getattr(self, "_kv_size", 0) < size or self._k[0].dtype != dtype:
             size = max(size, getattr(self, "_kv_size", 0))
             shape = (1, self.n_head, size, head_dim)
@@ -309,7 +309,7 @@ class BuiltinBackend:
         feed-forward for those rows alone (the others' keys and values are all the cache needs).
         With `precision="bf16"` the layers are the bfloat16 copy and `x` is cast to it on entry.
         """
-        layers = getattr(self, "_fast_layers", self.model.layers)
+        layers = self._fast_layers
         x = x.to(self._k[0].dtype)
         b, t, d = x.shape
         end = start + t

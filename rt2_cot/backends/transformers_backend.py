@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from rt2_cot.backends.base import GenerationRequest, prompt_state
+from rt2_cot.backends.base import GenerationRequest, request_prompt
 from rt2_cot.errors import BackendError, ModelLoadError
-from rt2_cot.prompts import render_prompt
 
 _NOT_A_CHECKPOINT = (
     "{path} is not a transformers checkpoint folder (no config.json); "
@@ -145,10 +144,7 @@ class TransformersBackend:
         if request.image is None or np.asarray(request.image).ndim != 3:
             raise BackendError("the request needs an HxWx3 RGB image")
         image = Image.fromarray(np.ascontiguousarray(request.image, dtype=np.uint8)).convert("RGB")
-        state = prompt_state(self.model.config, request)
-        rendered = render_prompt(
-            request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
-        )
+        rendered = request_prompt(self.model.config, request)
         continuation = ""
         if self.model_type == "paligemma":
             # PaliGemma's processor writes <image>s + BOS + prompt + "\n"; the output starts after "\n".

@@ -123,7 +123,7 @@ class RobotData:
                         if not grounded or "grounded_plan" in fr
                         else "ungrounded",
                         "position": position_bins(fr["ee_xyz"], DEFAULT_POSITION_BOX)
-                        if "ee_xyz" in fr
+                        if position_state and "ee_xyz" in fr
                         else None,
                         "family": ep.get("family", ""),
                         "step": fr["step"],

@@ -88,9 +88,16 @@ def test_the_gripper_opening_is_stated_in_percent_after_the_instruction():
 
 
 def test_the_position_follows_the_gripper_as_integers_over_the_box():
+    from robot_io.safety import SafetyLimits
+    from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
     from rt2_cot.prompts import position_bins
 
     box = ((0.15, 0.80), (-0.40, 0.40), (0.0, 0.45))
+    # The model's default box is the shield's workspace (a literal there, so the config module
+    # does not import robot_io): they must not drift apart.
+    limits = SafetyLimits()
+    shield_box = tuple(zip(limits.workspace_min_xyz_m, limits.workspace_max_xyz_m, strict=True))
+    assert shield_box == DEFAULT_POSITION_BOX
     assert position_bins((0.15, 0.0, 0.45), box) == (0, 128, 255)
     assert position_bins((5.0, -5.0, 0.225), box) == (255, 0, 128)  # outside the box saturates
     assert (
