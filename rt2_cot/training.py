@@ -47,6 +47,9 @@ class TrainConfig:
     # Image coordinates (grounded plans, pointing answers) trained like action bins: Gaussian soft
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
+    # A pointer readout (Rt2CotMiniConfig.pointer_readout): image coordinates from where the text
+    # attends in the image. New parameters; a warm start from a run without one initialises them.
+    pointer_readout: bool = False
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -164,9 +167,9 @@ class ActionTargets:
 
 
 def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    h = model.hidden_states(batch.input_ids, image_features=batch.features)
+    h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
     sel = batch.labels != -100
-    logits = model.output_logits(h[sel])  # (M, V_out)
+    logits = model.output_logits(h, pointer_keys)[sel]  # (M, V_out)
     cols = targets.column[batch.labels[sel]]
     roles = batch.roles[sel]
     motion = torch.isin(roles, torch.tensor((*MOTION_DIMS, POINT)))
@@ -200,19 +203,20 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
     """Greedy next-token predictions under teacher forcing on validation robot steps (CoT format).
 
     Reports plan-token accuracy, per-dimension mean absolute bin error of dx/dy/dz and the same for
-    the constant baseline (each dimension's most common training bin).
+    the constant baseline (each dimension's most common training bin), and with `soft_points` the
+    mean bin error of the plans' image coordinates (`val_point_mae`).
     """
     model.eval()
     rng = np.random.default_rng(1234)
     frames = data.robot_frames
     pick = rng.choice(frames, size=min(len(frames), cfg.eval_batches * cfg.batch_size), replace=False)
     plan_hits = plan_total = 0
-    err, base_err, within = [], [], []
+    err, base_err, within, point_err = [], [], [], []
     for i in range(0, len(pick), cfg.batch_size):
         batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
-        h = model.hidden_states(batch.input_ids, image_features=batch.features)
+        h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
         sel = batch.labels != -100
-        pred_cols = model.output_logits(h[sel]).argmax(-1)
+        pred_cols = model.output_logits(h, pointer_keys)[sel].argmax(-1)
         true_cols = targets.column[batch.labels[sel]]
         roles = batch.roles[sel]
         text = roles == TEXT
@@ -226,20 +230,32 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
             err.append((pb - tb).abs())
             base_err.append((baseline[dim] - tb).abs())
             within.append(((pb - tb).abs() <= 8).float())
+        m = roles == POINT  # image coordinates of grounded plans (with `soft_points`' roles)
+        if bool(m.any()):
+            pb = targets.bin_of_column[pred_cols[m]].float()
+            pb[pb < 0] = 128.0
+            point_err.append((pb - targets.bin_of_column[true_cols[m]].float()).abs())
     model.train()
+    points = {"val_point_mae": float(torch.cat(point_err).mean())} if point_err else {}
     return {
         "val_text_token_acc": plan_hits / max(plan_total, 1),
         "val_xyz_bin_mae": float(torch.cat(err).mean()),
         "baseline_xyz_bin_mae": float(torch.cat(base_err).mean()),
         "val_xyz_within8": float(torch.cat(within).mean()),
+        **points,
     }
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
+def integer_token_ids(tokenizer) -> list[int]:
+    """Vocabulary ids of "0".."255" in numeric order (single WordPiece tokens in MiniLM's vocabulary)."""
+    return tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])
+
+
 def build_model(cfg: TrainConfig, output_ids: list[int]):
-    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
+    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration, load_tokenizer
 
     config = Rt2CotMiniConfig(
         num_hidden_layers=cfg.num_hidden_layers,
@@ -248,6 +264,8 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         action_readout=cfg.action_readout,
         gripper_in_prompt=cfg.gripper_in_prompt,
         position_in_prompt=cfg.position_in_prompt,
+        pointer_readout=cfg.pointer_readout,
+        integer_token_ids=integer_token_ids(load_tokenizer()) if cfg.pointer_readout else None,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )
@@ -271,7 +289,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
             continue
         if p.ndim < 2 or "norm" in name:
             no_decay.append(p)
-        elif name.startswith("projector.") or cfg.init == "random":
+        elif name.startswith(("projector.", "pointer.")) or cfg.init == "random":
             new.append(p)
         else:
             pretrained.append(p)
@@ -356,6 +374,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         try:
             missing, unexpected = model.load_state_dict(warm["model"], strict=False)
             missing = [k for k in missing if not k.startswith("vision.")]  # frozen, loaded from its package
+            if cfg.pointer_readout and not any(k.startswith("pointer.") for k in warm["model"]):
+                logger.info(f"init_from {cfg.init_from} has no pointer readout: it starts fresh")
+                missing = [k for k in missing if not k.startswith("pointer.")]
             if missing or unexpected:
                 raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         except RuntimeError as exc:

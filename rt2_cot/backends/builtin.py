@@ -213,6 +213,12 @@ class BuiltinBackend:
             )
             self.act_in_vocab = torch.tensor([r is not None for r in rows])
             self.act_bins = torch.tensor([float(self.token_map.bin_of(t)) for t in act])
+            # Where the pointer readout's bumps over 0..255 land: plan rows holding an integer, and
+            # the bin of every action row.
+            bins = [(i, self.token_map.bin_of(t)) for i, t in enumerate(self.out_ids.tolist())]
+            bins = [(i, b) for i, b in bins if b is not None]
+            self.out_int_rows = torch.tensor([i for i, _ in bins], dtype=torch.long)
+            self.out_int_bins = torch.tensor([b for _, b in bins], dtype=torch.long)
         self._plan_allowed: dict[tuple, torch.Tensor] = {}
 
     def _spec(self, style: str, given_plan: bool, max_new_tokens: int):
@@ -359,9 +365,8 @@ class BuiltinBackend:
                 x = torch.cat([prefix, self.model.embed_text(ids)], dim=1)
                 self._alloc(x.shape[1])
                 h = self._run(x, 0, self._mask(x.shape[1]), keep_from=x.shape[1] - 1)
-                got = F.linear(h[:, -1], self.out_w, self.out_b)
-                want_sorted = want[:, torch.argsort(self.model.output_token_ids)]
-                ok = bool(torch.allclose(got, want_sorted, rtol=0, atol=1e-5))
+                got = self.model.output_logits(h[:, -1:], self.model.pointer_keys_for(prefix))[:, 0]
+                ok = bool(torch.allclose(got, want, rtol=0, atol=1e-5))
         except Exception as exc:  # the model's internals moved: use its own API instead
             logger.warning("builtin fast path: custom layer loop unavailable ({}); using model layers", exc)
             return False
@@ -373,9 +378,15 @@ class BuiltinBackend:
 
     # -- choosing tokens ------------------------------------------------------------------------------
     def _choose(
-        self, state, hidden: torch.Tensor, request: GenerationRequest, gen: torch.Generator | None
+        self,
+        state,
+        hidden: torch.Tensor,
+        request: GenerationRequest,
+        gen: torch.Generator | None,
+        pointer_keys: tuple | None = None,
     ) -> int:
-        """Next token under the grammar from the last hidden state (1, d)."""
+        """Next token under the grammar from the last hidden state (1, d) (and the pointer readout's
+        keys for this image, if the model has one)."""
         from rt2_cot.constrained import Phase
         from rt2_cot.streaming import clean_plan
 
@@ -383,8 +394,11 @@ class BuiltinBackend:
         if forced is not None:
             return int(forced)
         hidden = hidden.float()  # logits in fp32 whatever the layers ran in
+        bumps = None if pointer_keys is None else self.model.pointer(hidden[:, None], *pointer_keys)[0, 0]
         if state.phase is Phase.ACTION:
             logits = F.linear(hidden, self.act_w, self.act_b)[0]
+            if bumps is not None:
+                logits = logits + bumps[self.act_bins.long()]
             ids = self.act_ids
             greedy = not (request.temperature and request.temperature > 0)
             if greedy and state.actions in state.spec.expected_dims:
@@ -393,6 +407,8 @@ class BuiltinBackend:
                 return int(ids[expected_bin_index(logits, self.act_bins)])
         else:
             logits = F.linear(hidden, self.out_w, self.out_b)[0]
+            if bumps is not None:
+                logits = logits.index_add(0, self.out_int_rows, bumps[self.out_int_bins])
             mask = self._plan_mask(state.spec, plan_empty=not clean_plan(state.plan_text))
             logits = logits.masked_fill(~mask, float("-inf"))
             ids = self.out_ids
@@ -425,6 +441,7 @@ class BuiltinBackend:
         with torch.inference_mode():
             t0 = time.perf_counter()
             prefix = self._image_prefix(request.image)
+            pointer_keys = self.model.pointer_keys_for(prefix)
             t1 = time.perf_counter()
             state_text = prompt_state(self.model.config, request)
             prompt_ids, prompt_emb = self._prompt(style, request.instruction, request.given_plan, state_text)
@@ -457,7 +474,7 @@ class BuiltinBackend:
             while True:
                 i = 0
                 while True:
-                    token = self._choose(state, h[:, base + i], request, gen)
+                    token = self._choose(state, h[:, base + i], request, gen, pointer_keys)
                     generated.append(token)
                     phase = state.phase
                     state.advance(token)

@@ -63,6 +63,10 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # checkpoints trained with soft ordinal targets + L1 on the expected bin, "argmax" otherwise
         # (see rt2_cot.constrained). Terminate and gripper are always argmax.
         action_readout: str = "argmax",
+        # Image coordinates from where the text attends in the image (PointerReadout in the model
+        # file) added to the integers' logits; needs the vocabulary ids of "0".."255" in order.
+        pointer_readout: bool = False,
+        integer_token_ids: list[int] | None = None,
         # -- prompt ---------------------------------------------------------------------------
         # Trained with the arm's gripper opening stated after the instruction ("Gripper: 50",
         # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
@@ -96,6 +100,8 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.output_token_ids = list(output_token_ids) if output_token_ids is not None else []
         self.action_readout = action_readout
+        self.pointer_readout = bool(pointer_readout)
+        self.integer_token_ids = list(integer_token_ids) if integer_token_ids is not None else []
         self.gripper_in_prompt = bool(gripper_in_prompt)
         self.position_in_prompt = bool(position_in_prompt)
         self.position_box = [list(map(float, b)) for b in (position_box or DEFAULT_POSITION_BOX)]

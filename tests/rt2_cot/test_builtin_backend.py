@@ -47,22 +47,37 @@ WORDS = [
 ]
 
 
-@pytest.fixture(scope="module", params=[(4, False), (8, True)], ids=["grid4", "grid8-stride8"])
+@pytest.fixture(
+    scope="module",
+    params=[(4, False, False), (8, True, False), (8, True, True)],
+    ids=["grid4", "grid8-stride8", "grid8-pointer"],
+)
 def checkpoint(request, tmp_path_factory):
     """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint, in
-    both image-prefix layouts (16 tokens from two maps; 64 tokens from three)."""
+    both image-prefix layouts (16 tokens from two maps; 64 tokens from three), and with the pointer
+    readout on the integers."""
     torch.manual_seed(0)
     tok = rt2_model.load_tokenizer()
-    ids = sorted(set(tok.convert_tokens_to_ids([*WORDS, *(str(i) for i in range(256)), "[SEP]"])))
-    grid, stride8 = request.param
+    integers = tok.convert_tokens_to_ids([str(i) for i in range(256)])
+    ids = sorted(set(tok.convert_tokens_to_ids([*WORDS, "[SEP]"])) | set(integers))
+    grid, stride8, pointer = request.param
     model = rt2_model.Rt2CotMiniForConditionalGeneration(
-        rt2_model.Rt2CotMiniConfig(output_token_ids=ids, vision_grid=grid, vision_stride8=stride8)
+        rt2_model.Rt2CotMiniConfig(
+            output_token_ids=ids,
+            vision_grid=grid,
+            vision_stride8=stride8,
+            pointer_readout=pointer,
+            integer_token_ids=integers if pointer else None,
+        )
     ).eval()
     model.load_pretrained_parts()
     with torch.no_grad():
         # A random projector barely moves the pretrained language model; louder image tokens make
         # the untrained model's output depend on the image, as a trained one does.
         model.projector.out_norm.weight.mul_(8.0)
+        if pointer:  # a pointer that speaks (x and y roles), with image-dependent bumps
+            model.pointer.role.bias.copy_(torch.tensor([2.0, 2.0, 0.0]))
+            model.pointer.offset.weight.normal_(0, 0.5)
     path = tmp_path_factory.mktemp("rt2-cot-mini-random")
     model.save_pretrained(path)
     rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(path)

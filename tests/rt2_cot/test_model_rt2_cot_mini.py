@@ -174,3 +174,34 @@ def test_image_prefix_layouts_fold_every_map_onto_the_grid(grid, stride8, dim):
     # An older checkpoint's config (stored `vision_space_to_depth`, `vision_feature_dim`) still loads.
     old = Rt2CotMiniConfig(vision_space_to_depth=2, vision_feature_dim=1728)
     assert old.vision_feature_dim == 1728 and old.num_image_tokens == 16
+
+
+def test_pointer_readout_puts_the_integers_peak_at_the_attended_image_cell():
+    """The pointer's bumps peak at the centre of the image token the text attends to: x at its
+    column, y at its row (row-major tokens, 0..255 image units), and vanish for the role "neither"."""
+    from rt2_cot.model.modeling_rt2_cot_mini import PointerReadout
+
+    config = Rt2CotMiniConfig(vision_grid=8, hidden_size=8, num_attention_heads=2)
+    pointer = PointerReadout(config)
+    with torch.no_grad():
+        for layer in (pointer.query, pointer.key):
+            layer.weight.copy_(torch.eye(8) * 30.0)
+            layer.bias.zero_()
+        pointer.offset.weight.zero_()
+        pointer.offset.bias.zero_()
+        pointer.role.weight.zero_()
+    prefix = torch.zeros(1, 64, 8)
+    row, col = 5, 2
+    prefix[0, row * 8 + col, 0] = 1.0  # the one token the query below matches
+    keys, points = pointer.keys(prefix)
+    hidden = torch.zeros(1, 1, 8)
+    hidden[0, 0, 0] = 1.0
+    for role, want in ((0, (col + 0.5) * 32), (1, (row + 0.5) * 32)):
+        with torch.no_grad():
+            pointer.role.bias.copy_(torch.tensor([-20.0, -20.0, -20.0]))
+            pointer.role.bias[role] = 20.0
+        bumps = pointer(hidden, keys, points)[0, 0]
+        assert abs(int(bumps.argmax()) - want) <= 2
+    with torch.no_grad():
+        pointer.role.bias.copy_(torch.tensor([-20.0, -20.0, 20.0]))
+    assert float(pointer(hidden, keys, points).detach().abs().max()) < 1e-3

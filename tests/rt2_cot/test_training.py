@@ -77,6 +77,14 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert warm["first_loss"] < 0.7 * first["first_loss"], (first, warm)
     saved = json.loads((tmp_path / "phase2" / "checkpoint" / "config.json").read_text())
     assert saved["gripper_in_prompt"] is True and saved["position_in_prompt"] is True
+    # A pointer readout may be added in a later phase: its parameters start fresh, the rest loads.
+    pointed = train(
+        replace(phase2, pointer_readout=True, soft_points=True, eval_every=2), tmp_path / "pointer"
+    )
+    assert pointed["first_loss"] < 0.7 * first["first_loss"], (first, pointed)
+    assert "val_point_mae" in pointed["final"]
+    saved = json.loads((tmp_path / "pointer" / "checkpoint" / "config.json").read_text())
+    assert saved["pointer_readout"] is True and len(saved["integer_token_ids"]) == 256
     with pytest.raises(ConfigError, match="does not fit"):
         train(
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
@@ -105,10 +113,10 @@ def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
             self.logits[targets.column[tok.convert_tokens_to_ids(token)]] = 5.0
 
         def hidden_states(self, input_ids, image_features=None):
-            return torch.zeros(1, 2, 1)
+            return torch.zeros(1, 2, 1), None
 
-        def output_logits(self, h):
-            return self.logits.expand(h.shape[0], -1)
+        def output_logits(self, h, pointer_keys=None):
+            return self.logits.expand(*h.shape[:-1], -1)
 
     batch = SimpleNamespace(
         input_ids=torch.zeros(1, 2, dtype=torch.long),
@@ -162,6 +170,14 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     }
     arm = asdict(TrainConfig.from_yaml(configs / "arm_state.yaml"))
     assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt", "max_minutes"}
+    pointer = asdict(TrainConfig.from_yaml(configs / "pointer.yaml"))
+    assert {k for k in pointer if pointer[k] != arm[k]} == {
+        "init_from",
+        "pointer_readout",
+        "soft_points",
+        "max_minutes",
+        "warmup_steps",
+    }
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
