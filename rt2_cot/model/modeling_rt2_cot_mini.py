@@ -372,7 +372,9 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         if pointer_keys is None:
             raise ValueError("this rt2-cot-mini has a pointer readout: output_logits needs pointer_keys")
         bumps = self.pointer(hidden if hidden.dim() == 3 else hidden[:, None], *pointer_keys)
-        return logits.index_add(logits.dim() - 1, self.pointer_columns, bumps.reshape(*logits.shape[:-1], 256))
+        return logits.index_add(
+            logits.dim() - 1, self.pointer_columns, bumps.reshape(*logits.shape[:-1], 256)
+        )
 
     def pointer_keys_for(self, prefix: torch.Tensor) -> tuple | None:
         """Image prefix (B, N, d) -> what the pointer readout attends to (None without a pointer)."""
