@@ -21,7 +21,9 @@ simulator's predicate. A model trained with the gripper's opening in its prompt 
 
 Prints one JSON object: settings, successes, episodes, success rate, mean steps, and what happened at
 each episode's first close (`first_close`: within the grasp radius? then held still and closed
-again, as the oracle does while the shield closes the gripper halfway?). `--trace` adds one
+again, as the oracle does while the shield closes the gripper halfway?), how episodes ended (`ends`:
+success, step limit, terminated with the gripper half open, terminated otherwise) and in how many
+the target was held at some step (`held_target`). `--trace` adds one
 line a step on stderr: fingertips minus target (cm), gripper, and the decoded command.
 `--finish-close` stands in for a model that knew the gripper's opening: whenever the gripper is
 half-closed, the probe closes it (holding still) before the model acts again.
@@ -61,10 +63,13 @@ def run(args: argparse.Namespace) -> dict:
     # The first close of each episode: was it within the grasp radius, and did the model then hold
     # still and close again (what the oracle does while the shield lets the gripper close halfway)?
     closes = {"closed": 0, "within_grasp_radius": 0, "held_and_closed_again": 0}
+    # How episodes end; and for carry tasks (near / on goals) whether the target was ever held.
+    ends = {"success": 0, "step_limit": 0, "terminated_half_open": 0, "terminated_other": 0}
+    held_target = 0
     for _ in range(args.episodes):
         task = sample_task(rng, family=None if args.family == "any" else args.family)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
-        taken, closed_at = 0, None
+        taken, closed_at, held, terminated_at = 0, None, False, None
         while taken < args.max_steps:
             taken += 1
             frame = sim.render()
@@ -114,13 +119,24 @@ def run(args: argparse.Namespace) -> dict:
                 offset = sim.ee_state().ee_xyz_m[:2] - sim.object_position(task.target)[:2]
                 closes["closed"] += 1
                 closes["within_grasp_radius"] += int(np.hypot(*offset) <= sim.config.grasp_radius_m)
+            held = held or sim.held == task.target
             if command is None or command.terminate:
+                terminated_at = sim.gripper
                 break
             # Through the safety shield's clipping, as eval and the console execute every action.
             command, _notes = clip_command(command, sim.ee_state(), limits)
             sim.apply(command)
         wins += bool(sim.success())
         steps.append(taken)
+        held_target += held
+        if sim.success():
+            ends["success"] += 1
+        elif terminated_at is None:
+            ends["step_limit"] += 1
+        elif 0.0 < terminated_at < 1.0:  # stopped while the shield was still moving the gripper
+            ends["terminated_half_open"] += 1
+        else:
+            ends["terminated_other"] += 1
     return {
         "model": args.model,
         "plan": args.plan,
@@ -135,6 +151,8 @@ def run(args: argparse.Namespace) -> dict:
         "success_rate": round(wins / args.episodes, 3),
         "mean_steps": round(float(np.mean(steps)), 1),
         "first_close": closes,
+        "ends": ends,
+        "held_target": held_target,
     }
 
 

@@ -4,7 +4,9 @@ For fresh simulator scenes it asks the co-training question "where is the X?" ab
 about the task's target, and compares the answer with the true image point (0..255 units). It also
 asks the same question about the same object in a second scene where it sits more than 32 units
 away: a model that really looks at the image moves its answer too (`moves_with_object`: the answer
-moved more than 16 units), one that has only learned a typical position does not.
+moved more than 16 units), one that has only learned a typical position does not. A wrong answer
+nearer another object or tile than the target (`target_nearer_another`) confused what it looked
+for; one near nothing did not find it.
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -41,7 +43,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     sim, rng = TabletopSim(), np.random.default_rng(seed)
     err = {"gripper": [], "target": []}
-    moved, unparsed = [], 0
+    moved, confused, unparsed = [], [], 0
     for _ in range(scenes):
         task = sample_task(rng, family="pick")
         answers = []
@@ -57,9 +59,12 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
                 if got is None:
                     unparsed += 1
                     continue
-                err[key].append(float(np.hypot(got[0] - pts[name][0], got[1] - pts[name][1])))
+                dist = {k: float(np.hypot(got[0] - p[0], got[1] - p[1])) for k, p in pts.items()}
+                err[key].append(dist[name])
                 if key == "target":
                     answers.append((got, pts[name]))
+                    others = [d for k, d in dist.items() if k not in (name, GRIPPER)]
+                    confused.append(bool(others) and min(others) < dist[name])
         if len(answers) == 2:
             (a, ta), (b, tb) = answers
             if np.hypot(ta[0] - tb[0], ta[1] - tb[1]) > 32:  # the object really moved
@@ -69,6 +74,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
         v = np.array(values)
         summary[f"{key}_error_mean"] = round(float(v.mean()), 1) if len(v) else None
         summary[f"{key}_within_8"] = round(float((v <= 8).mean()), 3) if len(v) else None
+    summary["target_nearer_another"] = round(float(np.mean(confused)), 3) if confused else None
     summary["moves_with_object"] = round(float(np.mean(moved)), 3) if moved else None
     return summary
 
