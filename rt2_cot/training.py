@@ -48,8 +48,10 @@ class TrainConfig:
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
     # A pointer readout (Rt2CotMiniConfig.pointer_readout): image coordinates from where the text
-    # attends in the image. New parameters; a warm start from a run without one initialises them.
+    # attends in the image, supervised directly too (`pointer_supervision`; coordinates are then
+    # scored like `soft_points`). New parameters; a warm start from a run without one starts them fresh.
     pointer_readout: bool = False
+    pointer_aux_weight: float = 1.0  # its direct role + point targets (pointer_supervision)
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -191,7 +193,33 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
     loss = torch.cat(loss_terms).mean()
     if bool(motion.any()):
         loss = loss + cfg.action_aux_weight * aux.mean()
+    if getattr(model, "pointer", None) is not None:
+        pointer_loss, pointer_parts = pointer_supervision(model, h, pointer_keys, batch, targets)
+        loss = loss + cfg.pointer_aux_weight * pointer_loss
+        parts.update(pointer_parts)
     parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def pointer_supervision(model, h, pointer_keys, batch: Batch, targets: ActionTargets) -> tuple[torch.Tensor, dict]:
+    """Direct targets for the pointer readout, so it need not wait for the token loss to find it: its
+    role (x, y or neither) at every scored position, and its attended point against the coordinate
+    at image-coordinate positions (POINT roles, `soft_points`' data; pairs are x then y).
+    Without them the gate closes before the point is any good (a trial run: the x/y roles fell
+    from 0.018 to 0.011 in 250 steps while the attended point stayed 37 units off)."""
+    scored = batch.labels != -100
+    is_point = scored & (batch.roles == POINT)
+    axis = (torch.cumsum(is_point.long(), dim=1) - 1).clamp(min=0) % 2  # 0 = x, 1 = y
+    role_target = torch.where(is_point, axis, torch.full_like(axis, 2))[scored]
+    loss = F.cross_entropy(model.pointer.role(h[scored]).float(), role_target)
+    parts = {"pointer_role_loss": float(loss.detach())}
+    if bool(is_point.any()):
+        xy = model.pointer.point(h, *pointer_keys)  # (B, T, 2)
+        got = xy.gather(-1, axis[..., None]).squeeze(-1)[is_point]
+        true = targets.bin_of_column[targets.column[batch.labels[is_point]]].float()
+        err = (got - true).abs()
+        loss = loss + err.mean() / 127.0
+        parts["pointer_l1"] = float(err.detach().mean())
     return loss, parts
 
 
@@ -346,7 +374,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             tokenizer,
             grounded=cfg.grounded_plan,
             gripper=cfg.ground_gripper,
-            point_roles=cfg.soft_points,
+            point_roles=cfg.soft_points or cfg.pointer_readout,  # the pointer is supervised on them
             gripper_state=cfg.gripper_in_prompt,
             position_state=cfg.position_in_prompt,
         )
