@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(args.episodes):
         task = sample_task(rng, family=None if args.family == "any" else args.family)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
-        taken, closed_at, held, terminated_at = 0, None, False, None
+        taken, closed_at, held, terminated_at, asked = 0, None, False, None, None
         while taken < args.max_steps:
             taken += 1
             frame = sim.render()
@@ -85,9 +85,11 @@ def run(args: argparse.Namespace) -> dict:
                 prompt_style="cot",
                 given_plan=plan,
                 gripper=sim.gripper,  # stated only to models trained with it (gripper_in_prompt)
+                gripper_command=asked,  # likewise (gripper_motion_in_prompt)
                 ee_xyz=tuple(sim.ee_state().ee_xyz_m),  # likewise (position_in_prompt)
             )
             command = run_step(backend, request, codec).command
+            asked = None if command is None else command.gripper
             if args.finish_close and 0.0 < sim.gripper < 1.0 and command is not None:
                 # Diagnostic: a half-closed gripper is finished as the oracle would (hold still, close
                 # again), standing in for a model that knew the gripper's opening.

@@ -97,6 +97,26 @@ def gripper_percent(opening: float) -> int:
     return round(min(1.0, max(0.0, value)) * 100)
 
 
+GRIPPER_MOTION_TOLERANCE = 0.05  # commanded and reported openings closer than this: at rest
+
+
+def gripper_motion(opening: float | None, command: float | None) -> str | None:
+    """Which way the gripper is going: "closing" / "opening" when the opening last commanded (before
+    the shield) is below / above the one the arm reports, None at rest or without a command.
+
+    The shield moves the gripper at most half-way a step, so a gripper reported at 50% is either
+    closing on an object or opening to release one. From one frame these look alike, and a model
+    told only "Gripper: 50" stopped an episode half-closed in 10 of 20 move-near tasks (model card).
+    """
+    if opening is None or command is None:
+        return None
+    if float(command) < float(opening) - GRIPPER_MOTION_TOLERANCE:
+        return "closing"
+    if float(command) > float(opening) + GRIPPER_MOTION_TOLERANCE:
+        return "opening"
+    return None
+
+
 def position_bins(xyz, box) -> tuple[int, int, int]:
     """An end-effector position (metres, arm base frame) as three integers 0..255 over `box`
     ((x_min, x_max), (y_min, y_max), (z_min, z_max)); outside the box saturates at 0 or 255."""
@@ -115,19 +135,25 @@ def render_prompt(
     given_plan: str | None = None,
     gripper: float | None = None,
     position: tuple[int, int, int] | None = None,
+    motion: str | None = None,
 ) -> RenderedPrompt:
     """The prompt for `instruction`; with `given_plan`, also the plan and action marker as given text.
 
     Templates without a plan (plain, openvla) ignore `given_plan`: there is nothing to reuse.
     Robot state, for models trained with it (`gripper_in_prompt` / `position_in_prompt` in their
     config), follows the instruction in templates that have the fields: `gripper` (the opening,
-    0..1) as `state`, then `position` (the end-effector position as `position_bins`). Others
-    ignore both.
+    0..1) as `state`, followed by `motion` ("closing" / "opening", `gripper_motion`) for models
+    trained with `gripper_motion_in_prompt`, then `position` (the end-effector position as
+    `position_bins`). Others ignore them.
     """
     template = get_template(style)
     prompt = template.prompt.format(instruction=instruction.strip())
     if gripper is not None and template.state is not None:
         prompt = f"{prompt} {template.state.format(gripper=gripper_percent(gripper))}"
+        if motion is not None:
+            if motion not in ("closing", "opening"):
+                raise ConfigError(f"gripper motion must be 'closing' or 'opening', got {motion!r}")
+            prompt = f"{prompt} {motion}"
     if position is not None and template.position is not None:
         x, y, z = (int(v) for v in position)
         prompt = f"{prompt} {template.position.format(x=x, y=y, z=z)}"
@@ -144,6 +170,7 @@ def build_prompt(
     given_plan: str | None = None,
     gripper: float | None = None,
     position: tuple[int, int, int] | None = None,
+    motion: str | None = None,
 ) -> str:
     """One string: e.g. `Instruction: bring me a drink Plan: pick up the can. Action:`."""
-    return render_prompt(style, instruction, given_plan, gripper, position).text
+    return render_prompt(style, instruction, given_plan, gripper, position, motion).text

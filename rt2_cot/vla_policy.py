@@ -49,6 +49,7 @@ class VLAPolicy:
         self._plan: str | None = None
         self._steps_since_plan = 0
         self._steps = 0
+        self._gripper_command: float | None = None  # what the previous step asked the gripper for
 
     @property
     def plan(self) -> str | None:
@@ -59,6 +60,7 @@ class VLAPolicy:
         self._plan = None
         self._steps_since_plan = 0
         self._steps = 0
+        self._gripper_command = None
         self.stop_event.clear()
 
     def _needs_plan(self, instruction: str) -> bool:
@@ -80,6 +82,7 @@ class VLAPolicy:
             prompt_style=self.prompt_style,  # type: ignore[arg-type]
             given_plan=None if replan or not self.template.has_plan else self._plan,
             gripper=_gripper_opening(observation),
+            gripper_command=self._gripper_command,
             ee_xyz=_ee_position(observation),
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
@@ -87,6 +90,8 @@ class VLAPolicy:
         )
         output = run_step(self.backend, request, self.codec, on_event=on_event, stop=self.stop_event)
         self._steps += 1
+        # The model's own request (before the shield): a shield-limited close still reads "closing".
+        self._gripper_command = None if output.command is None else float(output.command.gripper)
         if replan:
             # A failed plan is not reused: the next step plans again.
             self._plan = output.plan if output.command is not None and output.plan else None

@@ -33,6 +33,10 @@ class GenerationRequest:
     # The arm's gripper opening (0 closed .. 1 open) when known. Stated in the prompt only for models
     # trained with it (`gripper_in_prompt` in their config); other models never see it.
     gripper: float | None = None
+    # The gripper opening this policy commanded at its previous step (before the shield; None at an
+    # episode's first step). Models trained with `gripper_motion_in_prompt` are told which way the
+    # gripper is going ("Gripper: 50 closing"), which the opening alone does not say.
+    gripper_command: float | None = None
     # The end-effector position (metres, arm base frame) when known; stated only to models trained
     # with it (`position_in_prompt`), which cannot act without it.
     ee_xyz: tuple[float, float, float] | None = None
@@ -47,6 +51,7 @@ class PromptState:
 
     gripper: float | None = None
     position: tuple[int, int, int] | None = None
+    motion: str | None = None
 
 
 def prompt_state(model_config, request: GenerationRequest) -> PromptState:
@@ -54,15 +59,19 @@ def prompt_state(model_config, request: GenerationRequest) -> PromptState:
 
     `gripper_in_prompt`: the opening; open (1.0) when the request has none, as at the start of
     every training episode (`rt2-cot act` on a still image, a client that sends no state).
+    `gripper_motion_in_prompt`: which way the gripper is going, from the request's
+    `gripper_command` (none stated without one, as at an episode's first step).
     `position_in_prompt`: the end-effector position as integers over the model's `position_box`;
     there is no safe guess for it, so a request without one is refused.
     """
     from rt2_cot.errors import BackendError
-    from rt2_cot.prompts import position_bins
+    from rt2_cot.prompts import gripper_motion, position_bins
 
-    gripper = position = None
+    gripper = position = motion = None
     if getattr(model_config, "gripper_in_prompt", False):
         gripper = 1.0 if request.gripper is None else float(request.gripper)
+        if getattr(model_config, "gripper_motion_in_prompt", False):
+            motion = gripper_motion(gripper, request.gripper_command)
     if getattr(model_config, "position_in_prompt", False):
         if request.ee_xyz is None:
             raise BackendError(
@@ -71,7 +80,7 @@ def prompt_state(model_config, request: GenerationRequest) -> PromptState:
                 "`rt2-cot act --ee-xyz X Y Z`"
             )
         position = position_bins(request.ee_xyz, model_config.position_box)
-    return PromptState(gripper, position)
+    return PromptState(gripper, position, motion)
 
 
 def request_prompt(model_config, request: GenerationRequest):
@@ -81,7 +90,12 @@ def request_prompt(model_config, request: GenerationRequest):
 
     state = prompt_state(model_config, request)
     return render_prompt(
-        request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
+        request.prompt_style,
+        request.instruction,
+        request.given_plan,
+        state.gripper,
+        state.position,
+        state.motion,
     )
 
 

@@ -258,10 +258,10 @@ class BuiltinBackend:
         from rt2_cot.prompts import build_prompt, gripper_percent
 
         opening = None if state.gripper is None else gripper_percent(state.gripper)
-        key = (style, instruction, given_plan, opening, state.position)
+        key = (style, instruction, given_plan, opening, state.position, state.motion)
         hit = self._prompt_cache.get(key)
         if hit is None:
-            text = build_prompt(style, instruction, given_plan, state.gripper, state.position)
+            text = build_prompt(style, instruction, given_plan, state.gripper, state.position, state.motion)
             ids = self.processor.encode_text(text)
             with torch.inference_mode():
                 emb = self.model.embed_text(torch.tensor([ids]))

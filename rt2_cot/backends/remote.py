@@ -170,6 +170,8 @@ class RemoteBackend:
             state["gripper"] = round(float(request.gripper), 4)
         if request.ee_xyz is not None:
             state["ee_xyz"] = [round(float(v), 5) for v in request.ee_xyz]
+        if request.gripper_command is not None:
+            state["gripper_command"] = round(float(request.gripper_command), 4)
         if state:
             body["robot_state"] = state
         if prefill:

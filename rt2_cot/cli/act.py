@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the arm's gripper opening 0..1, for models trained with it (default: open)",
     )
     parser.add_argument(
+        "--gripper-command",
+        type=float,
+        default=None,
+        help="the opening the previous step commanded 0..1, for models told which way the gripper goes",
+    )
+    parser.add_argument(
         "--ee-xyz",
         type=float,
         nargs=3,
@@ -142,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         raise Rt2CotError("--instruction is empty; say what the robot should do")
     if args.gripper is not None and not 0.0 <= args.gripper <= 1.0:
         raise Rt2CotError("--gripper is the opening from 0 (closed) to 1 (open)")
+    if args.gripper_command is not None and not 0.0 <= args.gripper_command <= 1.0:
+        raise Rt2CotError("--gripper-command is an opening from 0 (closed) to 1 (open)")
     _quiet_transformers()
     kwargs = {"trust_remote_code": True} if args.trust_remote_code else {}
     backend = load_backend(args.model, **kwargs)
@@ -153,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_style=args.prompt,
         given_plan=args.plan,
         gripper=args.gripper,
+        gripper_command=args.gripper_command,
         ee_xyz=tuple(args.ee_xyz) if args.ee_xyz else None,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

@@ -14,6 +14,7 @@ from rt2_cot.data import format as fmt
 from rt2_cot.errors import ConfigError
 from rt2_cot.model.configuration_rt2_cot_mini import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
+from rt2_cot.prompts import gripper_motion
 
 # Position roles inside a target, used by the loss: text token, or the index of an action dimension.
 TEXT = -1
@@ -81,6 +82,7 @@ class RobotData:
         point_roles: bool = False,
         gripper_state: bool = False,
         position_state: bool = False,
+        gripper_motion: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
@@ -88,7 +90,10 @@ class RobotData:
         plan or pointing answer (image coordinates) get the POINT role, so training scores them like
         action bins (near misses cost little) instead of as unrelated words. `gripper_state`: the
         chain-of-thought prompt states the gripper's opening before the step (`Gripper: 50`);
-        `position_state`: and the end-effector position (`Position: 120 88 30`). Datagen records
+        `gripper_motion`: the opening is followed by which way the gripper is going (`Gripper: 50
+        closing`), from the previous step's commanded opening (its action label: what the policy
+        asked for, before the shield). `position_state`: and the end-effector position (`Position:
+        120 88 30`). Datagen records
         both, `rt2-cot datagen --add-state` adds them to older shards; frames without what the
         prompt needs are left out."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
@@ -97,6 +102,7 @@ class RobotData:
         self.text = TextCache(tokenizer)
         self.gripper_state = gripper_state
         self.position_state = position_state
+        self.gripper_motion = gripper_motion
         self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
@@ -117,7 +123,8 @@ class RobotData:
                         "instruction": fr.get("instruction", ep["instruction"]),
                         "plan": _plan_text(fr, grounded, gripper),
                         "action": shard.actions[i].tolist(),
-                        "episode": f"{shard.path.stem}/{fr['episode']}",
+                        # Unique across folders (each datagen folder numbers its shards from 0001).
+                        "episode": f"{shard.path.parent.name}/{shard.path.stem}/{fr['episode']}",
                         # A frame whose replay could not be grounded is left out of grounded training.
                         "split": ep.get("split", "train")
                         if not grounded or "grounded_plan" in fr
@@ -134,6 +141,11 @@ class RobotData:
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
+        # The opening the previous step commanded (its label's gripper bin), None at an episode's start.
+        for i, f in enumerate(self.frames):
+            prev = self.frames[i - 1] if i > 0 else None
+            same = prev is not None and prev["episode"] == f["episode"] and prev["step"] == f["step"] - 1
+            f["gripper_command"] = prev["action"][7] / 255.0 if same else None
         needed = [k for k, on in (("gripper", gripper_state), ("position", position_state)) if on]
         if needed:
             missing = [f for f in self.frames if any(f[k] is None for k in needed)]
@@ -208,18 +220,19 @@ class RobotData:
         plan = self.frames[earlier]["plan"]
         gripper = f["gripper"] if self.gripper_state else None
         position = f["position"] if self.position_state else None
+        motion = gripper_motion(gripper, f["gripper_command"]) if self.gripper_motion else None
         given: list[int] = []
         if plain:
             prompt, target = fmt.plain_prompt(f["instruction"]), fmt.plain_target(f["action"])
         elif earlier != frame:
             # A reused plan is given text, not something to learn to write: it joins the prompt.
             prompt, target = (
-                fmt.cot_prompt(f["instruction"], gripper, position),
+                fmt.cot_prompt(f["instruction"], gripper, position, motion),
                 fmt.plain_target(f["action"]),
             )
             given = self.text(fmt.cot_target(plan, []).rstrip())
         else:
-            prompt = fmt.cot_prompt(f["instruction"], gripper, position)
+            prompt = fmt.cot_prompt(f["instruction"], gripper, position, motion)
             target = fmt.cot_target(plan, f["action"])
         t = self.text(target)
         return Example(

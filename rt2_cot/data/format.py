@@ -28,12 +28,15 @@ IMAGE_SIZE = 128
 
 
 def cot_prompt(
-    instruction: str, gripper: float | None = None, position: tuple[int, int, int] | None = None
+    instruction: str,
+    gripper: float | None = None,
+    position: tuple[int, int, int] | None = None,
+    motion: str | None = None,
 ) -> str:
     """The runtime's own `cot` template (prompts/templates.yaml), so training sees what backends send."""
     from rt2_cot.prompts import build_prompt
 
-    return build_prompt("cot", instruction, gripper=gripper, position=position)
+    return build_prompt("cot", instruction, gripper=gripper, position=position, motion=motion)
 
 
 def cot_target(plan: str, tokens: list[int] | tuple[int, ...]) -> str:

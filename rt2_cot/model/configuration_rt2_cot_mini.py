@@ -72,6 +72,9 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
         # half-closed gripper looks open, and the shield closes in two steps (model card).
         gripper_in_prompt: bool = False,
+        # ... followed by which way it is going ("Gripper: 50 closing"), from the opening the policy
+        # last commanded: half-open while closing on an object and while releasing one look alike.
+        gripper_motion_in_prompt: bool = False,
         # Trained with the end-effector position stated too ("Position: 120 88 30": 0..255 across
         # `position_box`, metres in the arm's base frame; default: the safety shield's workspace box).
         # From one front camera "too far" and "too high" look alike (model card); the arm knows.
@@ -103,6 +106,7 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.pointer_readout = bool(pointer_readout)
         self.integer_token_ids = list(integer_token_ids) if integer_token_ids is not None else []
         self.gripper_in_prompt = bool(gripper_in_prompt)
+        self.gripper_motion_in_prompt = bool(gripper_motion_in_prompt)
         self.position_in_prompt = bool(position_in_prompt)
         self.position_box = [list(map(float, b)) for b in (position_box or DEFAULT_POSITION_BOX)]
         kwargs.setdefault("tie_word_embeddings", True)

@@ -9,8 +9,9 @@ Wire conventions (shared with `rt2_cot.backends.remote`, and what vLLM/SGLang al
 - the constraint is a guided-decoding regex: `guided_regex` or `structured_outputs.regex`, at the
   top level or inside a literal `extra_body` object;
 - robot state, for models trained with it, is structured data beside the messages, not prompt
-  text: `robot_state: {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2]}` (opening, 0 closed .. 1 open;
-  end-effector position in metres, arm base frame). Servers that do not know the field ignore it
+  text: `robot_state: {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2], "gripper_command": 0.0}`
+  (opening, 0 closed .. 1 open; end-effector position in metres, arm base frame; the opening the
+  client's previous step commanded). Servers that do not know the field ignore it
   (vLLM logs and drops unknown fields), and so do models not trained with it.
 """
 
@@ -111,7 +112,7 @@ def parse_chat_request(body: object) -> ChatRequest:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise RequestError("`seed` must be an integer", param="seed")
     stream_options = body.get("stream_options") or {}
-    gripper, ee_xyz = _robot_state(body)
+    gripper, ee_xyz, gripper_command = _robot_state(body)
 
     return ChatRequest(
         generation=GenerationRequest(
@@ -120,6 +121,7 @@ def parse_chat_request(body: object) -> ChatRequest:
             prompt_style=style,
             given_plan=given_plan,
             gripper=gripper,
+            gripper_command=gripper_command,
             ee_xyz=ee_xyz,
             max_new_tokens=max_tokens,
             temperature=float(temperature),
@@ -177,21 +179,24 @@ def parse_prompt(text: str) -> tuple[PromptStyle, str]:
     return "cot", text
 
 
-def _robot_state(body: dict) -> tuple[float | None, tuple[float, float, float] | None]:
-    """(`robot_state.gripper` 0..1, `robot_state.ee_xyz` metres), each None when absent."""
+def _robot_state(body: dict) -> tuple[float | None, tuple[float, float, float] | None, float | None]:
+    """(`robot_state.gripper` 0..1, `robot_state.ee_xyz` metres, `robot_state.gripper_command` 0..1),
+    each None when absent."""
     state = body.get("robot_state")
     if state is None:
-        return None, None
-    if not isinstance(state, dict) or set(state) - {"gripper", "ee_xyz"}:
+        return None, None, None
+    if not isinstance(state, dict) or set(state) - {"gripper", "ee_xyz", "gripper_command"}:
         raise RequestError(
-            '`robot_state` must be an object like {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2]}',
+            '`robot_state` must be an object like {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2], '
+            '"gripper_command": 0.0}',
             param="robot_state",
         )
-    gripper, xyz = state.get("gripper"), state.get("ee_xyz")
-    if gripper is not None and (
-        isinstance(gripper, bool) or not isinstance(gripper, int | float) or not 0.0 <= float(gripper) <= 1.0
-    ):
-        raise RequestError("`robot_state.gripper` must be a number 0..1", param="robot_state")
+    gripper, xyz, command = state.get("gripper"), state.get("ee_xyz"), state.get("gripper_command")
+    for name, value in (("gripper", gripper), ("gripper_command", command)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0
+        ):
+            raise RequestError(f"`robot_state.{name}` must be a number 0..1", param="robot_state")
     if xyz is not None and (
         not isinstance(xyz, list)
         or len(xyz) != 3
@@ -201,6 +206,7 @@ def _robot_state(body: dict) -> tuple[float | None, tuple[float, float, float] |
     return (
         None if gripper is None else float(gripper),
         None if xyz is None else (float(xyz[0]), float(xyz[1]), float(xyz[2])),
+        None if command is None else float(command),
     )
 
 

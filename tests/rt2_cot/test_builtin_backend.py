@@ -15,11 +15,10 @@ pytest.importorskip(
 )
 
 import rt2_cot.model as rt2_model
-from rt2_cot.backends.base import GenerationRequest, prompt_state
+from rt2_cot.backends.base import GenerationRequest, request_prompt
 from rt2_cot.backends.builtin import BuiltinBackend
 from rt2_cot.constrained import ActionGrammarProcessor
 from rt2_cot.errors import ModelLoadError
-from rt2_cot.prompts import build_prompt
 from rt2_cot.streaming import StreamParser
 
 WORDS = [
@@ -102,10 +101,7 @@ def frames(n: int, seed: int = 0) -> list[np.ndarray]:
 def reference_ids(backend: BuiltinBackend, request: GenerationRequest) -> list[int]:
     """transformers generate() with the runtime's grammar processor, greedy."""
     spec = backend._spec(request.prompt_style, request.given_plan is not None, request.max_new_tokens)
-    state = prompt_state(backend.model.config, request)
-    text = build_prompt(
-        request.prompt_style, request.instruction, request.given_plan, state.gripper, state.position
-    )
+    text = request_prompt(backend.model.config, request).text
     inputs = backend.processor(images=request.image, text=text)
     n = inputs["input_ids"].shape[1]
     with torch.inference_mode():
@@ -197,6 +193,30 @@ def test_the_gripper_is_stated_only_to_a_model_trained_with_it(backend):
             assert run(backend, req)[1] == reference_ids(backend, req)
     finally:
         backend.model.config.gripper_in_prompt = False
+
+
+def test_the_gripper_motion_is_stated_only_to_a_model_trained_with_it(backend):
+    image = frames(1, seed=7)[0]
+    config = backend.model.config
+
+    def prefill(gripper, command) -> int:
+        backend.reset_drafts()
+        req = GenerationRequest(
+            image=image, instruction="pick up the rock", gripper=gripper, gripper_command=command
+        )
+        ids = run(backend, req)[1]
+        assert ids == reference_ids(backend, req)  # generate() reads the same prompt
+        return backend.last_stats.prefill_tokens
+
+    config.gripper_in_prompt = True
+    try:
+        stated = prefill(0.5, None)
+        assert prefill(0.5, 0.0) == stated  # gripper_in_prompt alone: no motion word
+        config.gripper_motion_in_prompt = True
+        assert prefill(0.5, 0.0) == prefill(0.5, 1.0) == stated + 1  # "closing" / "opening"
+        assert prefill(0.5, None) == prefill(1.0, 1.0) == stated  # no command, or at rest
+    finally:
+        config.gripper_in_prompt = config.gripper_motion_in_prompt = False
 
 
 def test_the_position_is_stated_to_a_model_trained_with_it_and_required(backend):

@@ -149,6 +149,19 @@ def test_the_arm_state_is_recorded_and_older_shards_replay_it_exactly(generated,
     data = RobotData([old], tok, gripper_state=True, position_state=True)
     prompt = tok.decode(data.robot_example(int(data.robot_frames[0]), plain=False).prompt)
     assert "gripper : 100 position :" in prompt, prompt
+    # Which way the gripper is going, from the previous step's commanded opening (its label): the
+    # half-closed gripper after a close reads "closing"; an episode's first frame states nothing.
+    moving = RobotData([old], tok, gripper_state=True, gripper_motion=True)
+    half = [
+        i
+        for i in moving.robot_frames
+        if moving.frames[i]["gripper"] == 0.5 and moving.frames[i]["gripper_command"] == 0.0
+    ]
+    assert half, "no half-closed frame after a close in the generated episodes"
+    text = tok.decode(moving.robot_example(int(half[0]), plain=False).prompt)
+    assert "gripper : 50 closing" in text, text
+    first = tok.decode(moving.robot_example(int(moving.robot_frames[0]), plain=False).prompt)
+    assert first.endswith("gripper : 100"), first
     for path in fmt.shard_paths(old):
         meta = json.loads(path.with_suffix(".json").read_text())
         assert [(fr["gripper"], fr["ee_xyz"]) for fr in meta["frames"]] == want[path.name]

@@ -87,6 +87,21 @@ def test_the_gripper_opening_is_stated_in_percent_after_the_instruction():
         build_prompt("cot", "x", gripper=float("nan"))
 
 
+def test_the_gripper_motion_follows_the_opening_when_it_moves_toward_the_command():
+    from rt2_cot.prompts import gripper_motion
+
+    assert gripper_motion(0.5, 0.0) == "closing" and gripper_motion(0.5, 1.0) == "opening"
+    assert gripper_motion(1.0, 1.0) is None and gripper_motion(0.0, 0.02) is None  # at rest
+    assert gripper_motion(0.5, None) is None and gripper_motion(None, 0.0) is None
+    assert (
+        build_prompt("cot", "put the apple near the can", gripper=0.5, position=(1, 2, 3), motion="opening")
+        == "Instruction: put the apple near the can Gripper: 50 opening Position: 1 2 3"
+    )
+    assert build_prompt("plain", "x", gripper=0.5, motion="closing") == build_prompt("plain", "x")
+    with pytest.raises(ConfigError, match="closing"):
+        build_prompt("cot", "x", gripper=0.5, motion="wiggling")
+
+
 def test_the_position_follows_the_gripper_as_integers_over_the_box():
     from robot_io.safety import SafetyLimits
     from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX

@@ -112,8 +112,8 @@ def test_body_carries_the_constraint_in_both_spellings():
     assert "pick up the rock" in reuse["messages"][-1]["content"]
     # Robot state is structured data beside the messages, never prompt text.
     assert "robot_state" not in body
-    stated = remote.build_body(request(gripper=0.5, ee_xyz=(0.45, 0.0, 0.2)))
-    assert stated["robot_state"] == {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2]}
+    stated = remote.build_body(request(gripper=0.5, ee_xyz=(0.45, 0.0, 0.2), gripper_command=0.0))
+    assert stated["robot_state"] == {"gripper": 0.5, "ee_xyz": [0.45, 0.0, 0.2], "gripper_command": 0.0}
     assert stated["messages"] == body["messages"]
 
 

@@ -210,14 +210,16 @@ def test_robot_state_reaches_the_backend_and_bad_state_is_refused(served):
     client.chat.completions.create(
         model="rt2-test",
         messages=[user_message(img)],
-        extra_body={"robot_state": {"gripper": 0.5, "ee_xyz": [0.45, 0, 0.2]}},
+        extra_body={"robot_state": {"gripper": 0.5, "ee_xyz": [0.45, 0, 0.2], "gripper_command": 0}},
     )
     assert backend.requests[-1].gripper == 0.5 and backend.requests[-1].ee_xyz == (0.45, 0.0, 0.2)
+    assert backend.requests[-1].gripper_command == 0.0
     client.chat.completions.create(model="rt2-test", messages=[user_message(img)])
     assert backend.requests[-1].gripper is None and backend.requests[-1].ee_xyz is None
     for bad in (
         {"gripper": 2},
         {"gripper": "open"},
+        {"gripper_command": -1},
         {"joints": [0, 1]},
         [0.5],
         {"ee_xyz": [0.1, 0.2]},

@@ -112,6 +112,12 @@ def test_observation_becomes_the_request():
     assert (first.temperature, first.max_new_tokens, first.seed, second.seed) == (0.7, 40, 10, 11)
     assert first.gripper == 1.0  # the arm's state travels with the request
     assert first.ee_xyz == (0.0, 0.0, 0.0)
+    # ... and what the policy asked the gripper for at its previous step (none at the first).
+    assert first.gripper_command is None
+    assert second.gripper_command == 1.0  # the scripted action's gripper bin 255
+    policy.reset("pick up the rock")
+    policy.step(observation())
+    assert backend.requests[-1].gripper_command is None  # a new episode starts without one
 
 
 def test_an_arm_without_a_gripper_reading_sends_none():
