@@ -15,7 +15,7 @@ for each token layout (LAYOUTS below) and evaluated on held-out shards:
 
 Prints one JSON object: mean error (0..255 image units) and fraction within 8 units, for the
 gripper and for objects, per layout. Needs shards with `points` (datagen from stop 2 on, or
-`rt2-cot datagen --out DIR --add-grounding`) and their `.features.npy` caches (made by training);
+`rt2-cot datagen --out DIR --add-grounding`) and their `.features.v2.npy` caches (made by training);
 the `+s8` layouts compute the stride-8 map of those frames first, `8x8+cnn` trains a conv stem on the
 pixels as well (slow: about 4x the others).
 """

@@ -299,8 +299,14 @@ class RobotData:
         return sorted(texts)
 
 
+# Bumped when cached features change meaning. v2 (session 6): BatchNorm on ImageNet statistics, as at
+# inference; the unversioned caches before it were normalised by batch statistics (a skew between
+# training and the control loop) and are ignored.
+FEATURE_CACHE_VERSION = 2
+
+
 def features_path(shard_path: Path) -> Path:
-    return shard_path.with_name(shard_path.stem + ".features.npy")
+    return shard_path.with_name(f"{shard_path.stem}.features.v{FEATURE_CACHE_VERSION}.npy")
 
 
 def shard_features(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
@@ -315,7 +321,7 @@ def shard_features(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:
 
 
 def stride8_path(shard_path: Path) -> Path:
-    return shard_path.with_name(shard_path.stem + ".s8.npy")
+    return shard_path.with_name(f"{shard_path.stem}.s8.v{FEATURE_CACHE_VERSION}.npy")
 
 
 def shard_stride8(shard: fmt.Shard, model, batch_size: int = 64) -> np.ndarray:

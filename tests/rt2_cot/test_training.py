@@ -171,18 +171,12 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     arm = asdict(TrainConfig.from_yaml(configs / "arm_state.yaml"))
     assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt", "max_minutes"}
     pointer = asdict(TrainConfig.from_yaml(configs / "pointer.yaml"))
-    motion = asdict(TrainConfig.from_yaml(configs / "gripper_motion.yaml"))
-    assert {k for k in motion if motion[k] != pointer[k]} == {
-        "init_from",
-        "gripper_motion_in_prompt",
-        "max_minutes",
-        "warmup_steps",
-    }
+
     assert {k for k in pointer if pointer[k] != arm[k]} == {
         "init_from",
         "pointer_readout",
         "soft_points",
-        "max_minutes",
+        "gripper_motion_in_prompt",
         "warmup_steps",
     }
     TrainConfig.from_yaml(configs / "smoke.yaml")
