@@ -177,6 +177,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "pointer_readout",
         "soft_points",
         "gripper_motion_in_prompt",
+        "max_minutes",
         "warmup_steps",
     }
     TrainConfig.from_yaml(configs / "smoke.yaml")
