@@ -6,7 +6,9 @@ asks the same question about the same object in a second scene where it sits mor
 away: a model that really looks at the image moves its answer too (`moves_with_object`: the answer
 moved more than 16 units), one that has only learned a typical position does not. A wrong answer
 nearer another object or tile than the target (`target_nearer_another`) confused what it looked
-for; one near nothing did not find it.
+for; one near nothing did not find it. For grounded checkpoints it also lets the model write its
+plan for the pick ("pick up the apple at 103 121", greedy, the arm's state stated as the model was
+trained) and scores that point (`plan_target_error_mean`): the number closed-loop success hangs on.
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -20,6 +22,7 @@ import re
 import numpy as np
 
 _POINT = re.compile(r"(\d{1,3})\s+(\d{1,3})")
+_PLAN_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})")
 
 
 def _ask(model, proc, image, question: str) -> tuple[int, int] | None:
@@ -28,6 +31,22 @@ def _ask(model, proc, image, question: str) -> tuple[int, int] | None:
     with torch.no_grad():
         out = model.generate(**proc(images=image, text=f"Q: {question}? A:"), max_new_tokens=6)
     m = _POINT.search(proc.decode(out[0]).split("a :", 1)[-1])
+    return None if m is None else (int(m.group(1)), int(m.group(2)))
+
+
+def _plan_point(model, proc, image, sim, instruction: str) -> tuple[int, int] | None:
+    """The first point of the plan the model writes for `instruction` (None: no grounded plan)."""
+    import torch
+
+    from rt2_cot.backends.base import GenerationRequest, request_prompt
+
+    request = GenerationRequest(
+        image=image, instruction=instruction, gripper=sim.gripper, ee_xyz=tuple(sim.ee_state().ee_xyz_m)
+    )
+    inputs = proc(images=image, text=request_prompt(model.config, request).text)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=16)
+    m = _PLAN_POINT.search(proc.decode(out[0, inputs["input_ids"].shape[1] :]))
     return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
@@ -42,7 +61,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     proc = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     sim, rng = TabletopSim(), np.random.default_rng(seed)
-    err = {"gripper": [], "target": []}
+    err = {"gripper": [], "target": [], "plan_target": []}
     moved, confused, unparsed = [], [], 0
     for _ in range(scenes):
         task = sample_task(rng, family="pick")
@@ -65,6 +84,11 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
                     answers.append((got, pts[name]))
                     others = [d for k, d in dist.items() if k not in (name, GRIPPER)]
                     confused.append(bool(others) and min(others) < dist[name])
+                    planned = _plan_point(model, proc, image, sim, task.instruction)
+                    if planned is not None:
+                        err["plan_target"].append(
+                            float(np.hypot(planned[0] - pts[name][0], planned[1] - pts[name][1]))
+                        )
         if len(answers) == 2:
             (a, ta), (b, tb) = answers
             if np.hypot(ta[0] - tb[0], ta[1] - tb[1]) > 32:  # the object really moved

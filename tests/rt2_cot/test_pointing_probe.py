@@ -15,7 +15,7 @@ def test_pointing_probe_reports_errors_in_image_units(monkeypatch):
     ckpt = Path(__file__).resolve().parents[2] / "checkpoints" / "rt2-cot-mini"
     out = pointing_probe(str(ckpt), scenes=3, seed=1)
     assert out["scenes"] == 3 and out["unparsed"] == 0
-    for key in ("gripper_error_mean", "target_error_mean"):
+    for key in ("gripper_error_mean", "target_error_mean", "plan_target_error_mean"):
         assert 0.0 <= out[key] <= 256 * 1.5
     for key in ("gripper_within_8", "target_within_8", "target_nearer_another"):
         assert 0.0 <= out[key] <= 1.0
