@@ -8,7 +8,11 @@ moved more than 16 units), one that has only learned a typical position does not
 nearer another object or tile than the target (`target_nearer_another`) confused what it looked
 for; one near nothing did not find it. For grounded checkpoints it also lets the model write its
 plan for the pick ("pick up the apple at 103 121", greedy, the arm's state stated as the model was
-trained) and scores that point (`plan_target_error_mean`): the number closed-loop success hangs on.
+trained) and scores that point (`plan_target_error_mean`): the number closed-loop success hangs on;
+split by whether the arm is still where the episode started (`plan_target_at_start_*`, the
+frame of the first plan) or has taken 1-3 of the oracle's steps toward the target
+(`plan_target_on_the_way_*`). A model that reads the target's place off the arm's heading instead
+of the object is good on the way and bad at the start.
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -61,14 +65,21 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     proc = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     sim, rng = TabletopSim(), np.random.default_rng(seed)
-    err = {"gripper": [], "target": [], "plan_target": []}
+    err = {
+        "gripper": [],
+        "target": [],
+        "plan_target": [],
+        "plan_target_at_start": [],
+        "plan_target_on_the_way": [],
+    }
     moved, confused, unparsed = [], [], 0
     for _ in range(scenes):
         task = sample_task(rng, family="pick")
         answers = []
         for _ in range(2):  # the same object in two layouts
             sim.reset(task, seed=int(rng.integers(1_000_000_000)))
-            for _ in range(int(rng.integers(0, 4))):  # the gripper somewhere along the way
+            moved_steps = int(rng.integers(0, 4))
+            for _ in range(moved_steps):  # the gripper somewhere along the way
                 command, _ = sim.oracle()
                 sim.apply(command)
             image = sim.render().color
@@ -86,8 +97,10 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
                     confused.append(bool(others) and min(others) < dist[name])
                     planned = _plan_point(model, proc, image, sim, task.instruction)
                     if planned is not None:
-                        err["plan_target"].append(
-                            float(np.hypot(planned[0] - pts[name][0], planned[1] - pts[name][1]))
+                        e = float(np.hypot(planned[0] - pts[name][0], planned[1] - pts[name][1]))
+                        err["plan_target"].append(e)
+                        err["plan_target_at_start" if moved_steps == 0 else "plan_target_on_the_way"].append(
+                            e
                         )
         if len(answers) == 2:
             (a, ta), (b, tb) = answers
