@@ -162,9 +162,8 @@ class PointerReadout(nn.Module):
     learned offset within the cell. Gaussian bumps over the integer bins 0..255 around that point's x
     and its y, mixed by a learned role (x, y or neither), are added to those bins' logits. Where a plan
     writes "at 103 121" the bins near the attended point win; at action tokens the role learns
-    "neither" and the term vanishes. Without it, session 5's decoder answered "where is the X" with
-    a few habitual points (mean error 52 of 256 units) although a probe on the same frozen tokens
-    finds objects to 11 (model card).
+    "neither" and the term vanishes. Trained with direct targets as well
+    (`rt2_cot.training.pointer_supervision`).
     """
 
     def __init__(self, config: Rt2CotMiniConfig) -> None:
@@ -191,20 +190,19 @@ class PointerReadout(nn.Module):
         points = centres + 0.5 * self.cell * torch.tanh(self.offset(prefix))
         return self.key(prefix), points
 
-    def forward(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Hidden (B, T, d) -> logits to add to the bins 0..255 (B, T, 256)."""
+    def point(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Hidden (B, T, d) -> the attended image point (B, T, 2), x and y in 0..255 units."""
         q = self.query(hidden)
         attn = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, T, N)
-        xy = attn @ points  # (B, T, 2)
+        return attn @ points
+
+    def forward(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Hidden (B, T, d) -> logits to add to the bins 0..255 (B, T, 256)."""
+        xy = self.point(hidden, keys, points)
         bins = torch.arange(256, dtype=xy.dtype)
         bumps = -0.5 * ((bins - xy[..., None]) / self.log_sigma.exp()) ** 2  # (B, T, 2, 256)
         role = torch.softmax(self.role(hidden), dim=-1)[..., :2]  # (B, T, 2): x and y
         return (role[..., None] * bumps).sum(-2)
-
-    def point(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """The attended image point (B, T, 2), for diagnostics."""
-        attn = torch.softmax(self.query(hidden) @ keys.transpose(-1, -2) / math.sqrt(hidden.shape[-1]), -1)
-        return attn @ points
 
 
 # ---------------------------------------------------------------------------------------------
