@@ -23,7 +23,8 @@ from robot_io.types import CameraIntrinsics, Frame
 PLAYBACK_SUFFIXES = (".bag", ".db3")
 
 
-# How long a stopped, non-looping playback must stay silent before its recording counts as read.
+# How long a stopped, non-looping playback must stay silent before its recording counts as read
+# (when the last colour frame delivered is the recording's last; otherwise it waits timeout_s).
 END_QUIET_S = 0.3
 
 
@@ -134,6 +135,8 @@ class RealSenseCamera(Camera):
         self._seen_playing = False  # playback: PLAYING was read in this run (see _playback_stopped)
         self._first_frame_at: float | None = None  # playback: time.monotonic() of the run's first frame
         self._run_started = 0.0  # playback: time.monotonic() of the last (re)start
+        self._color_ts_ms: tuple[float, float] | None = None  # playback: run's first and last colour stamps
+        self._duration_ms = 0.0  # playback: the recording's length
         self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
         self._depth_scale_m = 0.0
@@ -268,6 +271,7 @@ class RealSenseCamera(Camera):
         self.device_info = info
         if self.config.file:
             self._playback = device.as_playback()
+            self._duration_ms = self._playback.get_duration().total_seconds() * 1e3
             if self._playback.is_real_time() != self.config.real_time:  # start() made a new device
                 self._playback.set_real_time(self.config.real_time)
         streams = {"color": None, "depth": None}
@@ -302,6 +306,7 @@ class RealSenseCamera(Camera):
         self._seen_playing = False
         self._first_frame_at = None
         self._run_started = time.monotonic()
+        self._color_ts_ms = None
 
     def _playback_stopped(self) -> bool:
         """True once this playback run has played and then stopped: the recording is exhausted.
@@ -324,6 +329,19 @@ class RealSenseCamera(Camera):
             or (self._first_frame_at is not None and since_start > 0.1)
             or since_start > 0.3
         )
+
+    def _at_recording_end(self) -> bool:
+        """True when this run's colour frames span the whole recording, so the last one delivered is
+        its last. A one-shot read that stops short waits timeout_s for the rest: on a loaded machine
+        playback can stop while its last frames are still on their way (CI once read 1 of 4 frames of
+        a .db3 after 0.3 s of silence). Real-time playback drops frames by design, so it never waits."""
+        if self.config.real_time:
+            return True
+        if self._color_ts_ms is None:
+            return False
+        fps = (self._streams.get("color") or {}).get("fps") or 30
+        first, last = self._color_ts_ms
+        return last - first >= self._duration_ms - 1.5 * 1e3 / fps
 
     def _restart_playback(self) -> None:
         """Play the recording again from its beginning (for `loop`).
@@ -371,7 +389,11 @@ class RealSenseCamera(Camera):
                 quiet_since = None
                 if self._first_frame_at is None:  # not PLAYING yet (see _playback_stopped)
                     self._first_frame_at = time.monotonic()
-                if frames.get_color_frame() and (not self._use_depth or frames.get_depth_frame()):
+                color = frames.get_color_frame()
+                if color:
+                    stamp = color.get_timestamp()
+                    self._color_ts_ms = (self._color_ts_ms or (stamp, stamp))[0], stamp
+                if color and (not self._use_depth or frames.get_depth_frame()):
                     frames.keep()  # it may be held past the next wait (see _next_playback_frameset)
                     return frames
             elif stopped:
@@ -381,8 +403,18 @@ class RealSenseCamera(Camera):
                     # syncer thread past one short wait (CI once read 1 of 10 frames of a .db3).
                     # A loop keeps the short wait: a lap ended early only restarts sooner.
                     quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since < END_QUIET_S:
+                    quiet = time.monotonic() - quiet_since
+                    if quiet < END_QUIET_S or (quiet < self.config.timeout_s and not self._at_recording_end()):
                         continue
+                    logger.log(
+                        "DEBUG" if quiet < self.config.timeout_s else "WARNING",
+                        "RealSense {} ended {} (frames {} ms of {:.0f} ms; playback stopped, quiet {:.2f} s)",
+                        self.config.file,
+                        "at its last frame" if quiet < self.config.timeout_s else "short of its last frame",
+                        "none" if self._color_ts_ms is None else f"{self._color_ts_ms[0]:.0f}-{self._color_ts_ms[1]:.0f}",
+                        self._duration_ms,
+                        quiet,
+                    )
                     return None
                 # The deadline stays: a recording that never yields a whole frameset must still
                 # fail after timeout_s instead of restarting forever.

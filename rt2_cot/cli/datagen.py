@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of episodes whose executed steps are sometimes jittered (labels stay the oracle's; DART)",
     )
     parser.add_argument(
+        "--decoy-episodes",
+        type=float,
+        default=0.0,
+        help="fraction of episodes that start with 1-5 moves toward somewhere else (another object or a "
+        "random spot) before the oracle takes over; labels stay the oracle's, so the arm's heading "
+        "does not give the target away",
+    )
+    parser.add_argument(
         "--no-shield",
         action="store_true",
         help="execute the oracle's commands unclipped (how data was written before session 3; the "
@@ -62,12 +70,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--episodes must be at least 1")
     if not 0.0 <= args.noisy_episodes <= 1.0:
         raise ConfigError("--noisy-episodes is a fraction between 0 and 1")
+    if not 0.0 <= args.decoy_episodes <= 1.0:
+        raise ConfigError("--decoy-episodes is a fraction between 0 and 1")
     cfg = DatagenConfig(
         episodes=args.episodes,
         seed=args.seed,
         episodes_per_shard=args.episodes_per_shard,
         max_steps=args.max_steps,
         noisy_episodes=args.noisy_episodes,
+        decoy_episodes=args.decoy_episodes,
         shielded=not args.no_shield,
     )
     totals = generate(args.out, cfg)

@@ -65,6 +65,16 @@ class DatagenConfig:
     # oracle's command. Data written before session 3 executed commands unshielded (one-step close);
     # a model trained on it fails closed loop even when handed a correct plan (model card).
     shielded: bool = True
+    # Decoy starts: in this fraction of episodes the arm first makes 1..decoy_max_steps full-size
+    # moves toward somewhere else (above another object, or a random spot over the table), gripper
+    # open, while every recorded label stays the oracle's (which heads for the real target from
+    # wherever the arm is). In pure oracle data the arm always heads for the target, so a model can
+    # read the target's place off the arm's motion instead of the image (session 6's pointing probe:
+    # the plan's point 38 units off on first frames, 3 once the arm has moved); closed loop, a wrong
+    # first plan then steers the arm, and the arm's heading confirms the wrong plan. Decoy starts
+    # put the arm's heading at odds with the target, so only the image and the words say where it is.
+    decoy_episodes: float = 0.0
+    decoy_max_steps: int = 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,12 +207,40 @@ def _perturbed(command, rng: np.random.Generator, std_m: float):
     return replace(command, delta_xyz_m=tuple(float(v) for v in delta))
 
 
+def _decoy_goal(sim, task, rng: np.random.Generator) -> np.ndarray:
+    """Where a decoy start heads: above another object (most often) or a random spot over the table."""
+    others = [o.name for o in sim.objects if o.name != task.target]
+    z = float(rng.uniform(0.10, 0.20))  # above every object, so the decoy moves touch nothing
+    if others and rng.random() < 0.7:
+        xy = sim.object_position(others[int(rng.integers(len(others)))])[:2]
+    else:
+        xy = np.array([rng.uniform(0.26, 0.66), rng.uniform(-0.26, 0.26)])
+    return np.array([float(xy[0]), float(xy[1]), z])
+
+
+def _decoy_command(sim, goal: np.ndarray):
+    """One full-size step toward the decoy goal with the gripper open."""
+    from robot_io.sim.oracle import MAX_STEP_M
+    from robot_io.types import EndEffectorCommand
+
+    delta = np.asarray(goal, float) - np.asarray(sim.ee_state().ee_xyz_m, float)
+    n = float(np.linalg.norm(delta))
+    if n > MAX_STEP_M:
+        delta *= MAX_STEP_M / n
+    return EndEffectorCommand(delta_xyz_m=tuple(float(v) for v in delta), gripper=1.0)
+
+
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:
     """One oracle episode. `render=False` replays it without images (same commands, same noise,
     same states: everything is seeded by `seed`), for adding per-frame state to older shards."""
     sim.reset(task, seed=seed)
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
+    decoy_rng = np.random.default_rng([seed, 13])  # its own stream: non-decoy episodes stay as before
+    n_decoy = 0
+    if cfg.decoy_episodes > 0 and decoy_rng.random() < cfg.decoy_episodes:
+        n_decoy = int(decoy_rng.integers(1, cfg.decoy_max_steps + 1))
+        decoy_goal = _decoy_goal(sim, task, decoy_rng)
     objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
     images, actions, plans, points, grippers, positions = [], [], [], [], [], []
     for _ in range(cfg.max_steps):
@@ -219,7 +257,9 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         positions.append([round(float(v), 5) for v in state.ee_xyz_m])
         if command.terminate:
             break
-        if noisy and noise_rng.random() < cfg.noise_step_prob:
+        if len(actions) <= n_decoy:
+            command = _decoy_command(sim, decoy_goal)  # executed; the label above stays the oracle's
+        elif noisy and noise_rng.random() < cfg.noise_step_prob:
             command = _perturbed(command, noise_rng, cfg.noise_std_m)
         execute(sim, command, cfg.shielded)
     return {
@@ -231,6 +271,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         "positions": positions,
         "success": bool(sim.success()),
         "noisy": bool(noisy),
+        "decoy_steps": n_decoy,
         "objects": objects,
         "tiles": tiles,
     }
@@ -280,6 +321,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                     "steps": len(result["images"]),
                     "success": result["success"],
                     "noisy": result["noisy"],
+                    "decoy_steps": result["decoy_steps"],
                     "split": "train",
                 }
             )

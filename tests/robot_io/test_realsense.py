@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("pyrealsense2", reason="pyrealsense2 is not installed")
 
 from robot_io.cameras.realsense import (
+    END_QUIET_S,
     RealSenseCamera,
     RealSenseConfig,
     RecordingEnded,
@@ -200,6 +201,44 @@ def test_synthetic_db3_without_loop_ends(tmp_path):
         assert cam.loops == 0
     assert 3 <= len(frames) <= 4
     assert _ids(frames, colors, depths) == list(range(4 - len(frames), 4))
+
+
+def test_a_stall_after_the_playback_stopped_does_not_cut_the_recording_short(tmp_path, monkeypatch):
+    """The CI failure this guards: playback reads STOPPED while its last frames are still on their way
+    and the machine is too busy to deliver them within END_QUIET_S; the read used to end there (1 of
+    4 frames). Now a read that has not reached the recording's last frame waits up to timeout_s."""
+    colors, depths, intrinsics = _synthetic(6)
+    path = write_recording(tmp_path / "stall.db3", colors, depths, intrinsics)
+    stall_s = 3 * END_QUIET_S
+
+    class StallingPipeline:  # after the first frameset, nothing arrives for stall_s
+        def __init__(self, pipeline):
+            self.pipeline, self.delivered, self.stall_until = pipeline, 0, None
+
+        def try_wait_for_frames(self, ms):
+            if self.delivered == 1 and self.stall_until is None:
+                self.stall_until = time.monotonic() + stall_s
+            if self.stall_until is not None and time.monotonic() < self.stall_until:
+                time.sleep(ms / 1e3)
+                return False, None
+            ok, frames = self.pipeline.try_wait_for_frames(ms)
+            self.delivered += ok
+            return ok, frames
+
+        def __getattr__(self, name):
+            return getattr(self.pipeline, name)
+
+    cam = RealSenseCamera(RealSenseConfig(file=str(path), align_depth_to_color=False))
+    with cam:
+        cam._pipeline = StallingPipeline(cam._pipeline)
+        monkeypatch.setattr(cam, "_playback_stopped", lambda: True)  # STOPPED all along, as on CI
+        frames = []
+        with pytest.raises(RecordingEnded):
+            while len(frames) < 20:
+                frames.append(cam.read())
+        cam._pipeline = cam._pipeline.pipeline  # disconnect() stops the real one
+    assert cam._pipeline is None
+    assert _ids(frames, colors, depths) == list(range(6 - len(frames), 6)) and len(frames) >= 5
 
 
 def test_synthetic_db3_aligned_and_colour_only(tmp_path):
