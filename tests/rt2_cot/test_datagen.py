@@ -166,3 +166,28 @@ def test_the_arm_state_is_recorded_and_older_shards_replay_it_exactly(generated,
         meta = json.loads(path.with_suffix(".json").read_text())
         assert [(fr["gripper"], fr["ee_xyz"]) for fr in meta["frames"]] == want[path.name]
     assert add_state(old)["skipped_shards"] == 2  # idempotent
+
+
+def test_decoy_starts_head_elsewhere_while_the_labels_head_for_the_target():
+    """--decoy-episodes: the arm's first moves go somewhere else, so its heading does not give the
+    target away; every label is still the oracle's from the state the arm is in, and it succeeds."""
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import run_episode
+
+    sim, codec = TabletopSim(), ActionCodec()
+    cfg = DatagenConfig(episodes=1, noisy_episodes=0.0, decoy_episodes=1.0)
+    task = sample_task(np.random.default_rng(4), family="pick")
+    result = run_episode(sim, task, 21, cfg, codec, render=False)
+    n = result["decoy_steps"]
+    assert 1 <= n <= cfg.decoy_max_steps and result["success"]
+    positions = np.array(result["positions"])
+    executed = positions[1 : n + 1] - positions[:n]
+    labelled = np.array([codec.decode(a).delta_xyz_m for a in result["actions"][:n]])
+    # What the arm did is not what the labels say (and far from it): it went elsewhere.
+    assert np.linalg.norm(executed - labelled, axis=1).min() > 0.01
+    assert all(g == 1.0 for g in result["grippers"][: n + 1])  # open all the while
+    # The labels are the oracle's from each state: replaying the recorded states gives the same.
+    plain = run_episode(sim, task, 21, DatagenConfig(episodes=1, noisy_episodes=0.0), codec, render=False)
+    assert plain["decoy_steps"] == 0 and plain["actions"][0] == result["actions"][0]
+    assert plain["positions"][1] != result["positions"][1]

@@ -180,6 +180,8 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "max_minutes",
         "warmup_steps",
     }
+    decoy = asdict(TrainConfig.from_yaml(configs / "decoy.yaml"))
+    assert {k for k in decoy if decoy[k] != pointer[k]} == {"init_from", "data", "max_minutes"}
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
