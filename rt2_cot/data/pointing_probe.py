@@ -12,7 +12,10 @@ trained) and scores that point (`plan_target_error_mean`): the number closed-loo
 split by whether the arm is still where the episode started (`plan_target_at_start_*`, the
 frame of the first plan) or has taken 1-3 of the oracle's steps toward the target
 (`plan_target_on_the_way_*`). A model that reads the target's place off the arm's heading instead
-of the object is good on the way and bad at the start.
+of the object is good on the way and bad at the start. A third set of scenes, drawn apart so the
+first two stay as they were, has the arm take 1-3 steps toward another object first, as datagen's
+decoy starts do (`plan_target_heading_elsewhere_*`); `plan_follows_the_arm` is how often the plan's
+point is then nearer the object the arm heads for than the target.
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -106,6 +109,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
             (a, ta), (b, tb) = answers
             if np.hypot(ta[0] - tb[0], ta[1] - tb[1]) > 32:  # the object really moved
                 moved.append(bool(np.hypot(a[0] - b[0], a[1] - b[1]) > 16))
+    follows = _heading_elsewhere(model, proc, sim, scenes, seed, err)
     summary = {"scenes": scenes, "unparsed": unparsed}
     for key, values in err.items():
         v = np.array(values)
@@ -113,7 +117,39 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
         summary[f"{key}_within_8"] = round(float((v <= 8).mean()), 3) if len(v) else None
     summary["target_nearer_another"] = round(float(np.mean(confused)), 3) if confused else None
     summary["moves_with_object"] = round(float(np.mean(moved)), 3) if moved else None
+    summary["plan_follows_the_arm"] = round(float(np.mean(follows)), 3) if follows else None
     return summary
+
+
+def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> list[bool]:
+    """Scenes where the arm first heads for another object: the plan's point for the target, and
+    whether it is nearer the object the arm heads for (the plan copies the arm) than the target."""
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import _decoy_command
+    from rt2_cot.data.grounding import scene_points
+
+    rng = np.random.default_rng([seed, 1])
+    err["plan_target_heading_elsewhere"] = []
+    follows = []
+    for _ in range(scenes):
+        task = sample_task(rng, family="pick")
+        sim.reset(task, seed=int(rng.integers(1_000_000_000)))
+        others = [o.name for o in sim.objects if o.name != task.target]
+        if not others:
+            continue
+        decoy = others[int(rng.integers(len(others)))]
+        goal = np.array([*sim.object_position(decoy)[:2], 0.15])
+        for _ in range(int(rng.integers(1, 4))):
+            sim.apply(_decoy_command(sim, goal))
+        image = sim.render().color
+        pts = scene_points(sim, *image.shape[1::-1])
+        planned = _plan_point(model, proc, image, sim, task.instruction)
+        if planned is None:
+            continue
+        to = {k: float(np.hypot(planned[0] - pts[k][0], planned[1] - pts[k][1])) for k in (task.target, decoy)}
+        err["plan_target_heading_elsewhere"].append(to[task.target])
+        follows.append(to[decoy] < to[task.target])
+    return follows
 
 
 def main() -> None:

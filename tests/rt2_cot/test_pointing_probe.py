@@ -17,7 +17,8 @@ def test_pointing_probe_reports_errors_in_image_units(monkeypatch):
     assert out["scenes"] == 3 and out["unparsed"] == 0
     for key in ("gripper_error_mean", "target_error_mean", "plan_target_error_mean"):
         assert 0.0 <= out[key] <= 256 * 1.5
-    for key in ("gripper_within_8", "target_within_8", "target_nearer_another"):
+    assert 0.0 <= out["plan_target_heading_elsewhere_error_mean"] <= 256 * 1.5
+    for key in ("gripper_within_8", "target_within_8", "target_nearer_another", "plan_follows_the_arm"):
         assert 0.0 <= out[key] <= 1.0
     # The trained model finds the big gripper far better than chance (~90 units for a random point).
     assert out["gripper_error_mean"] < 40
