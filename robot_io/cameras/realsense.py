@@ -136,6 +136,7 @@ class RealSenseCamera(Camera):
         self._first_frame_at: float | None = None  # playback: time.monotonic() of the run's first frame
         self._run_started = 0.0  # playback: time.monotonic() of the last (re)start
         self._color_ts_ms: tuple[float, float] | None = None  # playback: run's first and last colour stamps
+        self._ended = False  # one-shot playback: the recording was read to its end
         self._duration_ms = 0.0  # playback: the recording's length
         self.loops = 0  # playback: how often the recording restarted from its beginning
         self._intrinsics: CameraIntrinsics | None = None
@@ -307,6 +308,7 @@ class RealSenseCamera(Camera):
         self._first_frame_at = None
         self._run_started = time.monotonic()
         self._color_ts_ms = None
+        self._ended = False
 
     def _playback_stopped(self) -> bool:
         """True once this playback run has played and then stopped: the recording is exhausted.
@@ -371,6 +373,8 @@ class RealSenseCamera(Camera):
     def _wait_frameset(self):
         """Next frameset with every enabled stream, or None once a recording has ended (with
         `loop`, the recording restarts instead and this keeps waiting)."""
+        if self._ended:
+            return None  # at once: a read past the end does not wait for the silence again
         deadline = time.monotonic() + self.config.timeout_s
         quiet_since = None  # first empty wait after the playback read as stopped
         while True:
@@ -415,6 +419,7 @@ class RealSenseCamera(Camera):
                         self._duration_ms,
                         quiet,
                     )
+                    self._ended = True
                     return None
                 # The deadline stays: a recording that never yields a whole frameset must still
                 # fail after timeout_s instead of restarting forever.
