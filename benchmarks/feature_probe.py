@@ -140,7 +140,7 @@ def run(feats, images, items, names, label: str, steps: int, seed: int, extra=No
         q = [list(it["points"])[int(rng.integers(len(it["points"])))] for it in picks]
         fine, coarse = unpack_maps(feats[[it["frame"] for it in picks]])
         frames = [it["frame"] for it in picks]
-        tokens = FrozenEfficientNetLite0.combine(fine.float(), coarse.float(), layout)
+        tokens = FrozenEfficientNetLite0.combine([fine.float(), coarse.float()], 8 // layout)
         if extra is not None:
             fold = F.pixel_unshuffle(extra[frames].float(), 16 // round(tokens.shape[1] ** 0.5))
             tokens = torch.cat([tokens, fold.flatten(2).transpose(1, 2)], -1)
