@@ -408,14 +408,18 @@ class RealSenseCamera(Camera):
                     # A loop keeps the short wait: a lap ended early only restarts sooner.
                     quiet_since = quiet_since or time.monotonic()
                     quiet = time.monotonic() - quiet_since
-                    if quiet < END_QUIET_S or (quiet < self.config.timeout_s and not self._at_recording_end()):
+                    if quiet < END_QUIET_S or (
+                        quiet < self.config.timeout_s and not self._at_recording_end()
+                    ):
                         continue
                     logger.log(
                         "DEBUG" if quiet < self.config.timeout_s else "WARNING",
                         "RealSense {} ended {} (frames {} ms of {:.0f} ms; playback stopped, quiet {:.2f} s)",
                         self.config.file,
                         "at its last frame" if quiet < self.config.timeout_s else "short of its last frame",
-                        "none" if self._color_ts_ms is None else f"{self._color_ts_ms[0]:.0f}-{self._color_ts_ms[1]:.0f}",
+                        "none"
+                        if self._color_ts_ms is None
+                        else f"{self._color_ts_ms[0]:.0f}-{self._color_ts_ms[1]:.0f}",
                         self._duration_ms,
                         quiet,
                     )

@@ -218,16 +218,11 @@ def _decoy_goal(sim, task, rng: np.random.Generator) -> np.ndarray:
     return np.array([float(xy[0]), float(xy[1]), z])
 
 
-def _decoy_command(sim, goal: np.ndarray):
-    """One full-size step toward the decoy goal with the gripper open."""
-    from robot_io.sim.oracle import MAX_STEP_M
-    from robot_io.types import EndEffectorCommand
+def decoy_command(sim, goal: np.ndarray):
+    """One full-size step toward the decoy goal with the gripper open (the oracle's own stepping)."""
+    from robot_io.sim.oracle import _cmd, _toward
 
-    delta = np.asarray(goal, float) - np.asarray(sim.ee_state().ee_xyz_m, float)
-    n = float(np.linalg.norm(delta))
-    if n > MAX_STEP_M:
-        delta *= MAX_STEP_M / n
-    return EndEffectorCommand(delta_xyz_m=tuple(float(v) for v in delta), gripper=1.0)
+    return _cmd(_toward(sim.ee_state().ee_xyz_m, goal), gripper=1.0)
 
 
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:
@@ -258,7 +253,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         if command.terminate:
             break
         if len(actions) <= n_decoy:
-            command = _decoy_command(sim, decoy_goal)  # executed; the label above stays the oracle's
+            command = decoy_command(sim, decoy_goal)  # executed; the label above stays the oracle's
         elif noisy and noise_rng.random() < cfg.noise_step_prob:
             command = _perturbed(command, noise_rng, cfg.noise_std_m)
         execute(sim, command, cfg.shielded)

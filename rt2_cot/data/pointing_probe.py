@@ -125,7 +125,7 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> l
     """Scenes where the arm first heads for another object: the plan's point for the target, and
     whether it is nearer the object the arm heads for (the plan copies the arm) than the target."""
     from robot_io.sim.tasks import sample_task
-    from rt2_cot.data.datagen import _decoy_command
+    from rt2_cot.data.datagen import decoy_command
     from rt2_cot.data.grounding import scene_points
 
     rng = np.random.default_rng([seed, 1])
@@ -140,13 +140,15 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> l
         decoy = others[int(rng.integers(len(others)))]
         goal = np.array([*sim.object_position(decoy)[:2], 0.15])
         for _ in range(int(rng.integers(1, 4))):
-            sim.apply(_decoy_command(sim, goal))
+            sim.apply(decoy_command(sim, goal))
         image = sim.render().color
         pts = scene_points(sim, *image.shape[1::-1])
         planned = _plan_point(model, proc, image, sim, task.instruction)
         if planned is None:
             continue
-        to = {k: float(np.hypot(planned[0] - pts[k][0], planned[1] - pts[k][1])) for k in (task.target, decoy)}
+        to = {
+            k: float(np.hypot(planned[0] - pts[k][0], planned[1] - pts[k][1])) for k in (task.target, decoy)
+        }
         err["plan_target_heading_elsewhere"].append(to[task.target])
         follows.append(to[decoy] < to[task.target])
     return follows
