@@ -32,6 +32,11 @@ _POINT = re.compile(r"(\d{1,3})\s+(\d{1,3})")
 _PLAN_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})")
 
 
+def _distance(a, b) -> float:
+    """Distance between two image points, in 0..255 units."""
+    return float(np.hypot(a[0] - b[0], a[1] - b[1]))
+
+
 def _ask(model, proc, image, question: str) -> tuple[int, int] | None:
     import torch
 
@@ -92,7 +97,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
                 if got is None:
                     unparsed += 1
                     continue
-                dist = {k: float(np.hypot(got[0] - p[0], got[1] - p[1])) for k, p in pts.items()}
+                dist = {k: _distance(got, p) for k, p in pts.items()}
                 err[key].append(dist[name])
                 if key == "target":
                     answers.append((got, pts[name]))
@@ -100,16 +105,16 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
                     confused.append(bool(others) and min(others) < dist[name])
                     planned = _plan_point(model, proc, image, sim, task.instruction)
                     if planned is not None:
-                        e = float(np.hypot(planned[0] - pts[name][0], planned[1] - pts[name][1]))
+                        e = _distance(planned, pts[name])
                         err["plan_target"].append(e)
                         err["plan_target_at_start" if moved_steps == 0 else "plan_target_on_the_way"].append(
                             e
                         )
         if len(answers) == 2:
             (a, ta), (b, tb) = answers
-            if np.hypot(ta[0] - tb[0], ta[1] - tb[1]) > 32:  # the object really moved
-                moved.append(bool(np.hypot(a[0] - b[0], a[1] - b[1]) > 16))
-    follows = _heading_elsewhere(model, proc, sim, scenes, seed, err)
+            if _distance(ta, tb) > 32:  # the object really moved
+                moved.append(_distance(a, b) > 16)
+    err["plan_target_heading_elsewhere"], follows = _heading_elsewhere(model, proc, sim, scenes, seed)
     summary = {"scenes": scenes, "unparsed": unparsed}
     for key, values in err.items():
         v = np.array(values)
@@ -121,7 +126,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     return summary
 
 
-def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> list[bool]:
+def _heading_elsewhere(model, proc, sim, scenes: int, seed: int) -> tuple[list[float], list[bool]]:
     """Scenes where the arm first heads for another object: the plan's point for the target, and
     whether it is nearer the object the arm heads for (the plan copies the arm) than the target."""
     from robot_io.sim.tasks import sample_task
@@ -129,8 +134,7 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> l
     from rt2_cot.data.grounding import scene_points
 
     rng = np.random.default_rng([seed, 1])
-    err["plan_target_heading_elsewhere"] = []
-    follows = []
+    errors, follows = [], []
     for _ in range(scenes):
         task = sample_task(rng, family="pick")
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
@@ -146,12 +150,10 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int, err: dict) -> l
         planned = _plan_point(model, proc, image, sim, task.instruction)
         if planned is None:
             continue
-        to = {
-            k: float(np.hypot(planned[0] - pts[k][0], planned[1] - pts[k][1])) for k in (task.target, decoy)
-        }
-        err["plan_target_heading_elsewhere"].append(to[task.target])
-        follows.append(to[decoy] < to[task.target])
-    return follows
+        to_target, to_decoy = _distance(planned, pts[task.target]), _distance(planned, pts[decoy])
+        errors.append(to_target)
+        follows.append(to_decoy < to_target)
+    return errors, follows
 
 
 def main() -> None:
