@@ -33,12 +33,14 @@ MOTION_DIMS = (1, 2, 3, 4, 5, 6)  # dx dy dz droll dpitch dyaw
 @dataclass
 class TrainConfig:
     data: list[str] = field(default_factory=lambda: ["data/train"])
+    # Share of robot examples from each folder of `data` (same order); empty: by frame count.
+    data_mix: list[float] = field(default_factory=list)
     val_data: list[str] = field(default_factory=list)  # empty: hold out `val_episodes_fraction` of data
     val_episodes_fraction: float = 0.05
     init: str = "pretrained"  # "pretrained" (ImageNet + MiniLM) or "random" (ablation; vision stays ImageNet)
-    # Warm start: a training run's directory whose weights (its state.pt, full precision) and output
-    # vocabulary this run starts from, with a fresh optimizer and schedule. For a second phase on
-    # new data; the run's own state.pt still wins when resuming.
+    # Warm start: a training run's directory (its state.pt, full precision) or an exported checkpoint
+    # folder (fp16) whose weights and output vocabulary this run starts from, with a fresh optimizer
+    # and schedule. For a next phase on new data; the run's own state.pt still wins when resuming.
     init_from: str | None = None
     use_vl: bool = True  # vision-language co-training (ablation: false)
     # Plans say where their objects are (rt2_cot.data.grounding), plus pointing questions.
@@ -105,6 +107,13 @@ class TrainConfig:
         cfg = cls(**raw)
         if cfg.init not in ("pretrained", "random"):
             raise ConfigError(f"{path}: init must be 'pretrained' or 'random', got {cfg.init!r}")
+        if cfg.data_mix and (
+            len(cfg.data_mix) != len(cfg.data) or min(cfg.data_mix) < 0 or sum(cfg.data_mix) <= 0
+        ):
+            raise ConfigError(
+                f"{path}: data_mix needs one non-negative share per data folder ({len(cfg.data)}), "
+                f"got {cfg.data_mix}"
+            )
         return cfg
 
     @staticmethod
@@ -309,11 +318,29 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
 
 
 def warm_start_state(cfg: TrainConfig) -> dict:
-    """The saved training state of the run named by `init_from` (weights, output vocabulary, step)."""
-    path = Path(cfg.init_from) / "state.pt"
-    if not path.exists():
-        raise ConfigError(f"init_from: {path} not found (name a training run's --out directory)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The weights, output vocabulary and step that `init_from` names: a training run's directory (its
+    state.pt, full precision) or an exported checkpoint folder (config.json + model.safetensors, fp16,
+    e.g. checkpoints/rt2-cot-mini: the committed model can start the next phase without its run)."""
+    folder = Path(cfg.init_from)
+    path = folder / "state.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        from rt2_cot.model import Rt2CotMiniConfig
+
+        config = Rt2CotMiniConfig.from_pretrained(str(folder))
+        weights = load_file(str(folder / "model.safetensors"))
+        return {
+            "model": {k: v.float() for k, v in weights.items() if not k.startswith("vision.")},
+            "output_ids": list(config.output_token_ids),
+            "step": 0,
+        }
+    raise ConfigError(
+        f"init_from: {folder} has neither state.pt nor config.json + model.safetensors (name a training "
+        "run's --out directory or an exported checkpoint folder)"
+    )
 
 
 def param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -485,6 +512,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             cfg.vl_fraction if data.vl else 0.0,
             cfg.plain_fraction,
             cfg.stale_plan_fraction,
+            mix=cfg.data_mix or None,
         )
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, run_progress(step, elapsed(), cfg), cfg)

@@ -217,11 +217,13 @@ class TabletopSim:
         with self._lock:
             self.task = task
 
-    def home(self) -> None:
-        """Teleport the gripper home, open, releasing anything it holds."""
+    def home(self, xyz: tuple[float, float, float] | None = None) -> None:
+        """Teleport the gripper home (or to `xyz`, metres in the base frame), open, releasing anything
+        it holds. Datagen starts some episodes from elsewhere so the arm's pose stops giving the
+        target away."""
         with self._lock:
             self._held = None
-            self._ee_pos = np.array(HOME_XYZ, dtype=float)
+            self._ee_pos = np.array(HOME_XYZ if xyz is None else xyz, dtype=float)
             self._ee_rpy = np.zeros(3)
             self._gripper = self._opening = 1.0
             self._terminated = False

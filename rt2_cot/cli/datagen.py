@@ -45,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "does not give the target away",
     )
     parser.add_argument(
+        "--random-start",
+        type=float,
+        default=0.0,
+        help="fraction of episodes whose gripper starts (open) at a random place over the table instead of home",
+    )
+    parser.add_argument(
+        "--start-frames-only",
+        action="store_true",
+        help="record only each scene's first frame (where the first plan is written from the image alone): "
+        "one scene per frame, ~19x the layouts per frame of full episodes",
+    )
+    parser.add_argument(
         "--no-shield",
         action="store_true",
         help="execute the oracle's commands unclipped (how data was written before session 3; the "
@@ -72,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--noisy-episodes is a fraction between 0 and 1")
     if not 0.0 <= args.decoy_episodes <= 1.0:
         raise ConfigError("--decoy-episodes is a fraction between 0 and 1")
+    if not 0.0 <= args.random_start <= 1.0:
+        raise ConfigError("--random-start is a fraction between 0 and 1")
     cfg = DatagenConfig(
         episodes=args.episodes,
         seed=args.seed,
@@ -79,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         noisy_episodes=args.noisy_episodes,
         decoy_episodes=args.decoy_episodes,
+        random_start=args.random_start,
+        start_frames_only=args.start_frames_only,
         shielded=not args.no_shield,
     )
     totals = generate(args.out, cfg)

@@ -75,6 +75,16 @@ class DatagenConfig:
     # put the arm's heading at odds with the target, so only the image and the words say where it is.
     decoy_episodes: float = 0.0
     decoy_max_steps: int = 5
+    # Random starts: in this fraction of episodes the gripper starts (open, teleported) at a random
+    # place over the table instead of home. Together with `start_frames_only` this gives the
+    # plan many first frames where the arm's pose says nothing about the target.
+    random_start: float = 0.0
+    # One frame per scene: the first, where the policy writes its first plan from the image and the
+    # words alone (evaluation episodes all start there). Session 7's pointing probe put that first
+    # plan's point 26 units off while later frames, where the arm's heading helps, were at 4: in
+    # episode data a scene gives one first frame per ~19, so grounding sees ~19x fewer layouts.
+    # Episodes are not run to their end, so the oracle's success is not checked.
+    start_frames_only: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +235,19 @@ def decoy_command(sim, goal: np.ndarray):
     return _cmd(_toward(sim.ee_state().ee_xyz_m, goal), gripper=1.0)
 
 
+def random_start_xyz(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A gripper position over the table, above every object (as the decoy goals)."""
+    return (float(rng.uniform(0.26, 0.66)), float(rng.uniform(-0.26, 0.26)), float(rng.uniform(0.10, 0.22)))
+
+
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:
     """One oracle episode. `render=False` replays it without images (same commands, same noise,
     same states: everything is seeded by `seed`), for adding per-frame state to older shards."""
     sim.reset(task, seed=seed)
+    start_rng = np.random.default_rng([seed, 17])  # its own stream, as the decoy's
+    if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
+        sim.home(random_start_xyz(start_rng))
+    max_steps = 1 if cfg.start_frames_only else cfg.max_steps
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
     decoy_rng = np.random.default_rng([seed, 13])  # its own stream: non-decoy episodes stay as before
@@ -238,7 +257,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         decoy_goal = _decoy_goal(sim, task, decoy_rng)
     objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
     images, actions, plans, points, grippers, positions = [], [], [], [], [], []
-    for _ in range(cfg.max_steps):
+    for _ in range(max_steps):
         if render:
             frame = sim.render(cfg.render_width, cfg.render_height)
             images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
@@ -300,7 +319,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                 logger.warning(f"episode skipped ({task.family}, seed {ep_seed}): {exc}")
                 totals["failed"] += 1
                 continue
-            if not result["success"] and not cfg.keep_failed:
+            if not result["success"] and not (cfg.keep_failed or cfg.start_frames_only):
                 totals["failed"] += 1
                 continue
             ep_id = len(episodes)

@@ -103,8 +103,14 @@ class RobotData:
         self.gripper_state = gripper_state
         self.position_state = position_state
         self.gripper_motion = gripper_motion
-        self.shards = [fmt.read_shard(p) for folder in folders for p in fmt.shard_paths(Path(folder))]
+        per_folder = [[fmt.read_shard(p) for p in fmt.shard_paths(Path(folder))] for folder in folders]
+        self.shards = [s for shards in per_folder for s in shards]
         self.offsets = np.cumsum([0] + [s.num_frames for s in self.shards])
+        # Which of `folders` each frame comes from (for `sample(mix=...)`).
+        self.frame_folder = np.repeat(
+            np.arange(len(folders)), [sum(s.num_frames for s in shards) for shards in per_folder]
+        )
+        self._by_folder: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
         self.vl: list[tuple[int, str, str, str]] = []  # (frame, question, answer, kind)
         self.features: torch.Tensor | None = None  # packed stride-16 + head maps, (N, 27648) fp16
@@ -263,18 +269,34 @@ class RobotData:
         plain_fraction: float,
         stale_plan_fraction: float = 0.0,
         max_plan_age: int = 4,
+        mix: list[float] | None = None,
     ) -> Batch:
+        """`mix`: the share of robot examples drawn from each data folder (in the order given); None
+        draws uniformly over all frames, so folders weigh by their frame counts."""
         examples = []
+        groups = self._frames_by_folder() if mix else None
         for _ in range(batch_size):
             if self.vl and rng.random() < vl_fraction:
                 examples.append(self.vl_example(int(rng.integers(len(self.vl)))))
             else:
-                frame = int(self.robot_frames[rng.integers(len(self.robot_frames))])
+                pool = self.robot_frames
+                if groups is not None:
+                    weights = np.array([w if len(g) else 0.0 for w, g in zip(mix, groups, strict=True)])
+                    pool = groups[int(rng.choice(len(groups), p=weights / weights.sum()))]
+                frame = int(pool[rng.integers(len(pool))])
                 age = int(rng.integers(1, max_plan_age + 1)) if rng.random() < stale_plan_fraction else 0
                 examples.append(
                     self.robot_example(frame, plain=bool(rng.random() < plain_fraction), plan_age=age)
                 )
         return self.collate(examples)
+
+    def _frames_by_folder(self) -> list[np.ndarray]:
+        """`robot_frames` split by data folder (recomputed when `robot_frames` is replaced)."""
+        if self._by_folder is None or self._by_folder[0] is not self.robot_frames:
+            folder = self.frame_folder[self.robot_frames]
+            groups = [self.robot_frames[folder == k] for k in range(int(self.frame_folder.max()) + 1)]
+            self._by_folder = (self.robot_frames, groups)
+        return self._by_folder[1]
 
     def collate(self, examples: list[Example]) -> Batch:
         width = max(len(e.prompt) + len(e.target) for e in examples)

@@ -191,3 +191,46 @@ def test_decoy_starts_head_elsewhere_while_the_labels_head_for_the_target():
     plain = run_episode(sim, task, 21, DatagenConfig(episodes=1, noisy_episodes=0.0), codec, render=False)
     assert plain["decoy_steps"] == 0 and plain["actions"][0] == result["actions"][0]
     assert plain["positions"][1] != result["positions"][1]
+
+
+def test_random_starts_put_the_gripper_elsewhere_and_the_oracle_still_succeeds():
+    """--random-start: the gripper starts open at a random place over the table, not home; the labels
+    are the oracle's from there and the episode still ends in success."""
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.scene import HOME_XYZ
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import run_episode
+
+    sim, codec = TabletopSim(), ActionCodec()
+    cfg = DatagenConfig(episodes=1, noisy_episodes=0.0, random_start=1.0)
+    starts = []
+    for seed in (5, 6, 7):
+        task = sample_task(np.random.default_rng(seed), family="pick")
+        result = run_episode(sim, task, seed, cfg, codec, render=False)
+        assert result["success"] and result["grippers"][0] == 1.0
+        starts.append(result["positions"][0])
+    starts = np.array(starts)
+    # The fingertips sit a fixed offset from the gripper's body: compare starts with each other and
+    # with an episode that starts home.
+    home = run_episode(sim, task, 7, DatagenConfig(episodes=1, noisy_episodes=0.0), codec, render=False)
+    assert np.linalg.norm(starts - np.array(home["positions"][0]), axis=1).min() > 0.005
+    assert np.ptp(starts[:, :2], axis=0).max() > 0.02  # different places, not one fixed pose
+    assert HOME_XYZ[2] > 0  # (sanity: the sim's home the comparison is against)
+
+
+def test_start_frames_only_writes_one_first_frame_per_scene(tmp_path):
+    """--start-frames-only: one frame per scene, with its plan, the oracle's first action and pointing
+    questions about it; nothing is dropped for not finishing."""
+    cfg = DatagenConfig(episodes=6, seed=9, episodes_per_shard=6, start_frames_only=True, random_start=0.5)
+    totals = generate(tmp_path, cfg)
+    assert totals["episodes"] == 6 and totals["frames"] == 6 and totals["failed"] == 0
+    shard = fmt.read_shard(fmt.shard_paths(tmp_path)[0])
+    assert shard.num_frames == 6 and len(shard.meta["episodes"]) == 6
+    assert all(fr["step"] == 0 for fr in shard.meta["frames"])
+    assert all(fr["grounded_plan"] and fr["grounded_plan"] != fr["plan"] for fr in shard.meta["frames"])
+    # Six different scenes, not six frames of one.
+    assert len({bytes(img) for img in shard.images}) == 6
+    kinds = {q["kind"] for q in shard.meta["vl"]}
+    assert "pointing" in kinds and all(0 <= q["frame"] < 6 for q in shard.meta["vl"])
+    # Some start home and some elsewhere: the recorded positions differ.
+    assert len({tuple(fr["ee_xyz"]) for fr in shard.meta["frames"]}) >= 2

@@ -90,8 +90,12 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
             tmp_path / "x",
         )
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="neither state.pt nor"):
         train(replace(cfg, steps=1, init_from=str(tmp_path / "nowhere")), tmp_path / "y")
+    # An exported checkpoint (fp16, as committed) starts a phase too: same weights up to fp16, so the
+    # same first loss as starting from the run itself (the built-in model needs no run to go on from).
+    from_ckpt = train(replace(phase2, init_from=str(tmp_path / "exported")), tmp_path / "from-ckpt")
+    assert abs(from_ckpt["first_loss"] - warm["first_loss"]) < 0.02 * warm["first_loss"], (warm, from_ckpt)
 
 
 def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
@@ -182,9 +186,43 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     }
     decoy = asdict(TrainConfig.from_yaml(configs / "decoy.yaml"))
     assert {k for k in decoy if decoy[k] != pointer[k]} == {"init_from", "data", "max_minutes"}
+    starts = asdict(TrainConfig.from_yaml(configs / "start_frames.yaml"))
+    assert {k for k in starts if starts[k] != decoy[k]} == {"init_from", "data", "data_mix"}
+    assert len(starts["data_mix"]) == len(starts["data"])
+    with pytest.raises(ConfigError, match="data_mix"):
+        (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
+        TrainConfig.from_yaml(tmp_path / "mix.yaml")
     TrainConfig.from_yaml(configs / "smoke.yaml")
 
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         TrainConfig.from_yaml(tmp_path / "a.yaml")
+
+
+def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
+    """`data_mix`: a folder with few frames still gets its share of the robot examples."""
+    import numpy as np
+
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    big, small = tmp_path / "big", tmp_path / "small"
+    generate(big, DatagenConfig(episodes=3, seed=5, episodes_per_shard=3))
+    generate(small, DatagenConfig(episodes=4, seed=6, episodes_per_shard=4, start_frames_only=True))
+    data = RobotData([big, small], load_tokenizer(), grounded=True)
+    n_small = int((data.frame_folder == 1).sum())
+    assert n_small == 4 and len(data.frame_folder) == data.num_frames > 10 * n_small // 2
+
+    def share_small(mix) -> float:
+        picked = []  # the frames drawn (collating features is not under test here)
+        data.collate = lambda examples: picked.extend(e.frame for e in examples)
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            data.sample(rng, 16, vl_fraction=0.0, plain_fraction=0.0, mix=mix)
+        return float(np.mean(data.frame_folder[picked] == 1))
+
+    by_frames = n_small / data.num_frames
+    assert abs(share_small(None) - by_frames) < 0.05
+    assert abs(share_small([0.5, 0.5]) - 0.5) < 0.06
+    assert share_small([1.0, 0.0]) == 0.0
