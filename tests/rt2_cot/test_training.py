@@ -90,7 +90,7 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
             tmp_path / "x",
         )
-    with pytest.raises(ConfigError, match="neither state.pt nor"):
+    with pytest.raises(ConfigError, match="has neither"):
         train(replace(cfg, steps=1, init_from=str(tmp_path / "nowhere")), tmp_path / "y")
     # An exported checkpoint (fp16, as committed) starts a phase too: same weights up to fp16, so the
     # same first loss as starting from the run itself (the built-in model needs no run to go on from).
