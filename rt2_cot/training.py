@@ -277,8 +277,11 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
             pb = targets.bin_of_column[pred_cols[m]].float()
             pb[pb < 0] = 128.0
             point_err.append((pb - targets.bin_of_column[true_cols[m]].float()).abs())
+    first = _first_frame_point_mae(model, data, targets, cfg, rng) if point_err else None
     model.train()
     points = {"val_point_mae": float(torch.cat(point_err).mean())} if point_err else {}
+    if first is not None:
+        points["val_first_frame_point_mae"] = first
     return {
         "val_text_token_acc": plan_hits / max(plan_total, 1),
         "val_xyz_bin_mae": float(torch.cat(err).mean()),
@@ -286,6 +289,27 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
         "val_xyz_within8": float(torch.cat(within).mean()),
         **points,
     }
+
+
+def _first_frame_point_mae(
+    model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, rng
+) -> float | None:
+    """The plan's image coordinates on validation frames where an episode starts (teacher forced): the
+    frame every closed-loop episode writes its first plan on, with no arm motion to copy."""
+    frames = np.array([f for f in data.robot_frames if data.frames[int(f)]["step"] == 0])
+    if not len(frames):
+        return None
+    pick = rng.choice(frames, size=min(len(frames), cfg.eval_batches * cfg.batch_size // 2), replace=False)
+    errs = []
+    for i in range(0, len(pick), cfg.batch_size):
+        batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
+        h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
+        sel = (batch.labels != -100) & (batch.roles == POINT)
+        pred = targets.bin_of_column[model.output_logits(h, pointer_keys)[sel].argmax(-1)].float()
+        pred[pred < 0] = 128.0
+        errs.append((pred - targets.bin_of_column[targets.column[batch.labels[sel]]].float()).abs())
+    errs = torch.cat(errs)
+    return float(errs.mean()) if len(errs) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,8 +673,16 @@ def plot_history(history: list[dict], path: Path) -> None:
             "--",
             label="constant-bin baseline",
         )
+        firsts = [h for h in ev if "val_first_frame_point_mae" in h]
+        if firsts:
+            ax2.plot(
+                [h["step"] for h in firsts],
+                [h["val_first_frame_point_mae"] for h in firsts],
+                "s-",
+                label="plan's point on first frames |error|",
+            )
         ax2.set_xlabel("step")
-        ax2.set_title("validation action error (teacher forced)")
+        ax2.set_title("validation error (teacher forced)")
         ax2.legend()
     ax2.set_xlim(0, max(steps))
     fig.tight_layout()

@@ -83,6 +83,7 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     )
     assert pointed["first_loss"] < 0.7 * first["first_loss"], (first, pointed)
     assert "val_point_mae" in pointed["final"]
+    assert pointed["final"]["val_first_frame_point_mae"] >= 0  # the first frames' plan point, tracked apart
     saved = json.loads((tmp_path / "pointer" / "checkpoint" / "config.json").read_text())
     assert saved["pointer_readout"] is True and len(saved["integer_token_ids"]) == 256
     with pytest.raises(ConfigError, match="does not fit"):
