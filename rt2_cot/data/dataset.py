@@ -3,6 +3,7 @@ questions over the same frames, with frozen image features cached once per frame
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -372,7 +373,9 @@ def _cached(shard: fmt.Shard, cache: Path, what: str, batch_size: int, encode) -
                 for i in range(0, shard.num_frames, batch_size)
             ]
         ).numpy()
-    tmp = cache.with_name(cache.name + ".tmp.npy")
+    # Per-process temporary name: a training run and a `precompute_features` beside it may compute
+    # the same shard at once (both finish; the second rename replaces the first with equal data).
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, arr)
     tmp.rename(cache)
     return arr

@@ -188,7 +188,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     decoy = asdict(TrainConfig.from_yaml(configs / "decoy.yaml"))
     assert {k for k in decoy if decoy[k] != pointer[k]} == {"init_from", "data", "max_minutes"}
     starts = asdict(TrainConfig.from_yaml(configs / "start_frames.yaml"))
-    assert {k for k in starts if starts[k] != decoy[k]} == {"init_from", "data", "data_mix"}
+    assert {k for k in starts if starts[k] != decoy[k]} == {"init_from", "data", "data_mix", "max_minutes"}
     assert len(starts["data_mix"]) == len(starts["data"])
     with pytest.raises(ConfigError, match="data_mix"):
         (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
