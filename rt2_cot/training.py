@@ -266,16 +266,14 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
         plan_total += int(text.sum())
         for dim in (1, 2, 3):
             m = roles == dim
-            pb = targets.bin_of_column[pred_cols[m]].float()
-            pb[pb < 0] = 128.0  # a non-integer where an integer belongs: count as no motion
+            pb = _predicted_bins(targets, pred_cols[m])
             tb = targets.bin_of_column[true_cols[m]].float()
             err.append((pb - tb).abs())
             base_err.append((baseline[dim] - tb).abs())
             within.append(((pb - tb).abs() <= 8).float())
         m = roles == POINT  # image coordinates of grounded plans (with `soft_points`' roles)
         if bool(m.any()):
-            pb = targets.bin_of_column[pred_cols[m]].float()
-            pb[pb < 0] = 128.0
+            pb = _predicted_bins(targets, pred_cols[m])
             point_err.append((pb - targets.bin_of_column[true_cols[m]].float()).abs())
     first = _first_frame_point_mae(model, data, targets, cfg, rng) if point_err else None
     model.train()
@@ -289,6 +287,14 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
         "val_xyz_within8": float(torch.cat(within).mean()),
         **points,
     }
+
+
+def _predicted_bins(targets: ActionTargets, pred_cols: torch.Tensor) -> torch.Tensor:
+    """Greedy output columns -> their integers 0..255; a non-integer where an integer belongs counts
+    as 128 (no motion, the image's centre)."""
+    bins = targets.bin_of_column[pred_cols].float()
+    bins[bins < 0] = 128.0
+    return bins
 
 
 def _first_frame_point_mae(
@@ -305,8 +311,7 @@ def _first_frame_point_mae(
         batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
         h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
         sel = (batch.labels != -100) & (batch.roles == POINT)
-        pred = targets.bin_of_column[model.output_logits(h, pointer_keys)[sel].argmax(-1)].float()
-        pred[pred < 0] = 128.0
+        pred = _predicted_bins(targets, model.output_logits(h, pointer_keys)[sel].argmax(-1))
         errs.append((pred - targets.bin_of_column[targets.column[batch.labels[sel]]].float()).abs())
     errs = torch.cat(errs)
     return float(errs.mean()) if len(errs) else None
@@ -661,26 +666,14 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax1.legend()
     ev = [h for h in history if "val_xyz_bin_mae" in h]
     if ev:
-        ax2.plot(
-            [h["step"] for h in ev],
-            [h["val_xyz_bin_mae"] for h in ev],
-            "o-",
-            label="model dx/dy/dz |bin error|",
-        )
-        ax2.plot(
-            [h["step"] for h in ev],
-            [h["baseline_xyz_bin_mae"] for h in ev],
-            "--",
-            label="constant-bin baseline",
-        )
-        firsts = [h for h in ev if "val_first_frame_point_mae" in h]
-        if firsts:
-            ax2.plot(
-                [h["step"] for h in firsts],
-                [h["val_first_frame_point_mae"] for h in firsts],
-                "s-",
-                label="plan's point on first frames |error|",
-            )
+        for key, style, label in (
+            ("val_xyz_bin_mae", "o-", "model dx/dy/dz |bin error|"),
+            ("baseline_xyz_bin_mae", "--", "constant-bin baseline"),
+            ("val_first_frame_point_mae", "s-", "plan's point on first frames |error|"),
+        ):
+            points = [(h["step"], h[key]) for h in ev if key in h]
+            if points:
+                ax2.plot(*zip(*points, strict=True), style, label=label)
         ax2.set_xlabel("step")
         ax2.set_title("validation error (teacher forced)")
         ax2.legend()

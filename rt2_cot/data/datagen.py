@@ -217,6 +217,11 @@ def _perturbed(command, rng: np.random.Generator, std_m: float):
     return replace(command, delta_xyz_m=tuple(float(v) for v in delta))
 
 
+# Where decoy goals and random starts go over the table (metres in the base frame).
+OVER_TABLE_X_M = (0.26, 0.66)
+OVER_TABLE_Y_M = (-0.26, 0.26)
+
+
 def _decoy_goal(sim, task, rng: np.random.Generator) -> np.ndarray:
     """Where a decoy start heads: above another object (most often) or a random spot over the table."""
     others = [o.name for o in sim.objects if o.name != task.target]
@@ -224,7 +229,7 @@ def _decoy_goal(sim, task, rng: np.random.Generator) -> np.ndarray:
     if others and rng.random() < 0.7:
         xy = sim.object_position(others[int(rng.integers(len(others)))])[:2]
     else:
-        xy = np.array([rng.uniform(0.26, 0.66), rng.uniform(-0.26, 0.26)])
+        xy = np.array([rng.uniform(*OVER_TABLE_X_M), rng.uniform(*OVER_TABLE_Y_M)])
     return np.array([float(xy[0]), float(xy[1]), z])
 
 
@@ -237,7 +242,11 @@ def decoy_command(sim, goal: np.ndarray):
 
 def random_start_xyz(rng: np.random.Generator) -> tuple[float, float, float]:
     """A gripper position over the table, above every object (as the decoy goals)."""
-    return (float(rng.uniform(0.26, 0.66)), float(rng.uniform(-0.26, 0.26)), float(rng.uniform(0.10, 0.22)))
+    return (
+        float(rng.uniform(*OVER_TABLE_X_M)),
+        float(rng.uniform(*OVER_TABLE_Y_M)),
+        float(rng.uniform(0.10, 0.22)),
+    )
 
 
 def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:

@@ -276,14 +276,16 @@ class RobotData:
         draws uniformly over all frames, so folders weigh by their frame counts."""
         examples = []
         groups = self._frames_by_folder() if mix else None
+        if groups is not None:
+            weights = np.array([w if len(g) else 0.0 for w, g in zip(mix, groups, strict=True)])
+            weights /= weights.sum()
         for _ in range(batch_size):
             if self.vl and rng.random() < vl_fraction:
                 examples.append(self.vl_example(int(rng.integers(len(self.vl)))))
             else:
                 pool = self.robot_frames
                 if groups is not None:
-                    weights = np.array([w if len(g) else 0.0 for w, g in zip(mix, groups, strict=True)])
-                    pool = groups[int(rng.choice(len(groups), p=weights / weights.sum()))]
+                    pool = groups[int(rng.choice(len(groups), p=weights))]
                 frame = int(pool[rng.integers(len(pool))])
                 age = int(rng.integers(1, max_plan_age + 1)) if rng.random() < stale_plan_fraction else 0
                 examples.append(
