@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "one scene per frame, ~19x the layouts per frame of full episodes",
     )
     parser.add_argument(
+        "--families",
+        nargs="+",
+        metavar="FAMILY",
+        help="sample tasks only from these families (uniformly); default: every family",
+    )
+    parser.add_argument(
         "--no-shield",
         action="store_true",
         help="execute the oracle's commands unclipped (how data was written before session 3; the "
@@ -86,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--decoy-episodes is a fraction between 0 and 1")
     if not 0.0 <= args.random_start <= 1.0:
         raise ConfigError("--random-start is a fraction between 0 and 1")
+    if args.families:
+        from robot_io.sim.tasks import FAMILIES
+
+        unknown = [f for f in args.families if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"unknown task families {', '.join(unknown)}; families: {', '.join(FAMILIES)}")
     cfg = DatagenConfig(
         episodes=args.episodes,
         seed=args.seed,
@@ -95,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         decoy_episodes=args.decoy_episodes,
         random_start=args.random_start,
         start_frames_only=args.start_frames_only,
+        families=tuple(args.families or ()),
         shielded=not args.no_shield,
     )
     totals = generate(args.out, cfg)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +236,24 @@ def test_start_frames_only_writes_one_first_frame_per_scene(tmp_path):
     assert "pointing" in kinds and all(0 <= q["frame"] < 6 for q in shard.meta["vl"])
     # Some start home and some elsewhere: the recorded positions differ.
     assert len({tuple(fr["ee_xyz"]) for fr in shard.meta["frames"]}) >= 2
+
+
+def test_families_limits_the_tasks_sampled(tmp_path):
+    cfg = DatagenConfig(
+        episodes=6, seed=3, episodes_per_shard=6, start_frames_only=True, families=("smallest", "closest_to")
+    )
+    generate(tmp_path, cfg)
+    shard = fmt.read_shard(fmt.shard_paths(tmp_path)[0])
+    families = [ep["family"] for ep in shard.meta["episodes"]]
+    assert len(families) == 6 and set(families) == {"smallest", "closest_to"}
+
+
+def test_datagen_cli_rejects_an_unknown_family(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rt2_cot", "datagen", "--out", str(tmp_path), "--episodes", "1", "--families", "juggle"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "unknown task families juggle" in result.stderr and "closest_to" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
