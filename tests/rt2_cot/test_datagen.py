@@ -250,7 +250,18 @@ def test_families_limits_the_tasks_sampled(tmp_path):
 
 def test_datagen_cli_rejects_an_unknown_family(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "rt2_cot", "datagen", "--out", str(tmp_path), "--episodes", "1", "--families", "juggle"],
+        [
+            sys.executable,
+            "-m",
+            "rt2_cot",
+            "datagen",
+            "--out",
+            str(tmp_path),
+            "--episodes",
+            "1",
+            "--families",
+            "juggle",
+        ],
         capture_output=True,
         text=True,
     )
