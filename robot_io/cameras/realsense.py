@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -550,15 +551,18 @@ def write_recording(
     intrinsics: CameraIntrinsics,
     depth_scale_m: float = 0.001,
     fps: int = 30,
+    attempts: int = 3,
 ) -> Path:
     """Write RGB (+ z16 depth, already aligned to colour) frames as a RealSense .db3 recording.
 
     Uses `rs.software_device` + `rs.recorder`, so no camera is needed: handy for test fixtures and
     for turning simulator frames into a recording that `file:PATH.db3` plays back.
-    """
-    import gc
 
-    rs = import_pyrealsense2()
+    The recorder can lose frames without a word: CI once played back only the last of 10 frames
+    of a file written on a loaded machine, with 5 s of silence after it. So the file is checked
+    (a .db3 is an SQLite rosbag2 store: one message per recorded image) and written again if a
+    stream came out short; after `attempts` short writes this raises CameraError.
+    """
     path = Path(path)
     require(path.suffix.lower() == ".db3", f"RealSense recordings are written as .db3, got {path}")
     require(len(colors) > 0, "write_recording needs at least one colour frame")
@@ -567,6 +571,53 @@ def write_recording(
         (w, h) == (intrinsics.width, intrinsics.height),
         f"frames are {w}x{h} but intrinsics say {intrinsics.width}x{intrinsics.height}",
     )
+    if depths is not None:
+        require(len(depths) == len(colors), "write_recording needs one depth image per colour image")
+    expected = {"color": len(colors), **({"depth": len(depths)} if depths is not None else {})}
+    for attempt in range(1, attempts + 1):
+        path.unlink(missing_ok=True)
+        _record(path, colors, depths, intrinsics, depth_scale_m, fps)
+        counts = recorded_image_counts(path)
+        if counts == expected:
+            return path
+        logger.warning(
+            "RealSense recorder wrote {} of {} images to {} (attempt {} of {})",
+            counts,
+            expected,
+            path,
+            attempt,
+            attempts,
+        )
+    raise CameraError(f"the RealSense recorder kept losing frames writing {path}: {counts} of {expected}")
+
+
+def recorded_image_counts(path: str | Path) -> dict[str, int]:
+    """Images stored per stream ("color", "depth") in a .db3 recording, read from its rosbag2 tables."""
+    import sqlite3
+
+    path = Path(path)
+    require(path.is_file(), f"recording {path} not found")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT t.name, COUNT(*) FROM messages m JOIN topics t ON m.topic_id = t.id "
+                "WHERE t.name LIKE '%/image/data%' GROUP BY t.name"
+            ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise CameraError(f"{path} is not a readable .db3 recording: {exc}") from None
+    counts: dict[str, int] = {}
+    for topic, n in rows:
+        kind = "color" if "/Color_" in topic else "depth" if "/Depth_" in topic else None
+        if kind:
+            counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
+def _record(path: Path, colors, depths, intrinsics: CameraIntrinsics, depth_scale_m: float, fps: int) -> None:
+    import gc
+
+    rs = import_pyrealsense2()
+    h, w = colors[0].shape[:2]
 
     def rs_intrinsics():
         i = rs.intrinsics()
@@ -590,7 +641,6 @@ def write_recording(
     device = rs.software_device()
     sensors = [(device.add_sensor("Color"), rs.stream.color, rs.format.rgb8, 3, colors)]
     if depths is not None:
-        require(len(depths) == len(colors), "write_recording needs one depth image per colour image")
         depth_sensor = device.add_sensor("Depth")
         depth_sensor.add_read_only_option(rs.option.depth_units, float(depth_scale_m))
         sensors.append((depth_sensor, rs.stream.depth, rs.format.z16, 2, depths))
@@ -630,4 +680,3 @@ def write_recording(
     recorder.pause()
     del recorder, device  # the file is finalised when the recorder is destroyed
     gc.collect()
-    return path

@@ -147,6 +147,43 @@ def test_synthetic_db3_round_trip(tmp_path):
     assert color_ids == depth_ids == list(range(12 - len(frames), 12))
 
 
+def test_write_recording_stores_every_image_and_rewrites_a_short_file(tmp_path, monkeypatch):
+    import robot_io.cameras.realsense as realsense
+
+    colors, depths, intrinsics = _synthetic(6)
+    path = write_recording(tmp_path / "counted.db3", colors, depths, intrinsics)
+    assert realsense.recorded_image_counts(path) == {"color": 6, "depth": 6}
+
+    # A recorder that loses the first frames once (what CI once played back): the file is written again.
+    real_record, calls = realsense._record, []
+
+    def lossy_once(path, colors, depths, *args):
+        calls.append(path)
+        if len(calls) == 1:
+            colors, depths = colors[4:], depths[4:]
+        real_record(path, colors, depths, *args)
+
+    monkeypatch.setattr(realsense, "_record", lossy_once)
+    path = write_recording(tmp_path / "retried.db3", colors, depths, intrinsics)
+    assert len(calls) == 2 and realsense.recorded_image_counts(path) == {"color": 6, "depth": 6}
+
+    # One that always loses them: one clear error, not a short fixture.
+    monkeypatch.setattr(
+        realsense, "_record", lambda path, colors, *a: real_record(path, colors[:1], a[0][:1], *a[1:])
+    )
+    with pytest.raises(CameraError, match="kept losing frames"):
+        write_recording(tmp_path / "short.db3", colors, depths, intrinsics, attempts=2)
+
+
+def test_recorded_image_counts_rejects_a_file_that_is_not_a_recording(tmp_path):
+    from robot_io.cameras.realsense import recorded_image_counts
+
+    junk = tmp_path / "junk.db3"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(CameraError, match="not a readable .db3"):
+        recorded_image_counts(junk)
+
+
 def _ids(frames, colors, depths, slack: int = 0) -> list[int]:
     """Which written frame each read frame is; its depth must be the one written beside it (or,
     with `slack`, one at most that many frames away)."""
