@@ -180,7 +180,7 @@ def test_recorded_image_counts_rejects_a_file_that_is_not_a_recording(tmp_path):
 
     junk = tmp_path / "junk.db3"
     junk.write_bytes(b"not sqlite at all" * 100)
-    with pytest.raises(CameraError, match="not a readable .db3"):
+    with pytest.raises(CameraError, match=r"not a readable \.db3"):
         recorded_image_counts(junk)
 
 

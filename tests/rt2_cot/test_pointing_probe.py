@@ -22,3 +22,19 @@ def test_pointing_probe_reports_errors_in_image_units(monkeypatch):
         assert 0.0 <= out[key] <= 1.0
     # The trained model finds the big gripper far better than chance (~90 units for a random point).
     assert out["gripper_error_mean"] < 40
+
+
+def test_naming_probe_scores_answers_and_plans_on_fresh_scenes():
+    from pathlib import Path
+
+    from rt2_cot.data.naming_probe import naming_probe
+
+    ckpt = Path(__file__).resolve().parents[2] / "checkpoints" / "rt2-cot-mini"
+    out = naming_probe(str(ckpt), scenes=2, seed=1, families=["pick", "smallest"])
+    assert set(out["plan_names_target_by_family"]) == {"pick", "smallest"}
+    assert all(v["n"] == 2 for v in out["plan_names_target_by_family"].values())
+    assert out["vl_accuracy_by_kind"] and all(
+        0.0 <= v["rate"] <= 1.0 for v in out["vl_accuracy_by_kind"].values()
+    )
+    # When the instruction names the object, the trained model's plan names it too.
+    assert out["plan_names_target_by_family"]["pick"]["rate"] == 1.0

@@ -1,0 +1,108 @@
+"""Can a checkpoint name what it sees? A diagnostic for the plan's object when the words do not say it.
+
+Session 8's evaluation found the plan naming the right object 100% of the time when the instruction
+names it and far less when only the image can ("the smallest object", "the item closest to the
+star", "a drink" when one can of several colours is on the table). This probe separates the two
+halves of that: for fresh simulator scenes of each task family (the arm at home, as evaluation
+episodes start) it
+
+- asks the co-training questions datagen writes about the same scene (`scene_questions`: colour,
+  class, size, position, counts, symbols; not "where is the X", see `pointing_probe`) and scores the
+  answer by exact match (`vl_accuracy`, by question kind), and
+- lets the model write its plan for the task (greedy, the arm's state stated as it was trained)
+  and checks that the plan names the task's target object (`plan_names_target`, by family), the
+  same check as `rt2-cot eval`'s plan accuracy.
+
+A model that answers "which object is the smallest" but does not plan for it has a transfer problem;
+one that answers neither does not see it.
+
+    python -m rt2_cot.data.naming_probe checkpoints/rt2-cot-mini --scenes 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+
+
+def _generate(model, proc, image, text: str, max_new_tokens: int) -> str:
+    import torch
+
+    inputs = proc(images=image, text=text)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return proc.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def _answer(text: str) -> str:
+    return text.split("[SEP]", 1)[0].strip().rstrip(".").strip()
+
+
+def naming_probe(
+    checkpoint: str, scenes: int = 12, seed: int = 11, families: list[str] | None = None
+) -> dict:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import rt2_cot.model  # noqa: F401  (registers the Auto classes)
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import FAMILIES, sample_task
+    from rt2_cot.backends.base import GenerationRequest, request_prompt
+    from rt2_cot.data.datagen import _scene_state, scene_questions
+    from rt2_cot.data.format import vl_prompt
+
+    proc = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    sim = TabletopSim()
+    vl: dict[str, list[bool]] = defaultdict(list)
+    plans: dict[str, list[bool]] = defaultdict(list)
+    for f, family in enumerate(families or list(FAMILIES)):
+        rng = np.random.default_rng([seed, f])
+        for _ in range(scenes):
+            task = sample_task(rng, family)
+            sim.reset(task, seed=int(rng.integers(1_000_000_000)))
+            image = sim.render().color
+            objects, tiles = _scene_state(sim)
+            for question, answer, kind in scene_questions(objects, tiles, rng, initial=True):
+                got = _answer(_generate(model, proc, image, vl_prompt(question), 8))
+                vl[kind].append(got == answer)
+            request = GenerationRequest(
+                image=image,
+                instruction=task.instruction,
+                gripper=sim.gripper,
+                ee_xyz=tuple(sim.ee_state().ee_xyz_m),
+            )
+            text = _generate(model, proc, image, request_prompt(model.config, request).text, 24)
+            plan = text.split("action", 1)[0]
+            plans[family].append(task.target in plan)
+
+    def rates(d: dict[str, list[bool]]) -> dict[str, dict]:
+        return {k: {"n": len(v), "rate": round(float(np.mean(v)), 3)} for k, v in sorted(d.items())}
+
+    every_answer = [ok for v in vl.values() for ok in v]
+    every_plan = [ok for v in plans.values() for ok in v]
+    return {
+        "checkpoint": checkpoint,
+        "scenes_per_family": scenes,
+        "seed": seed,
+        "vl_accuracy": round(float(np.mean(every_answer)), 3) if every_answer else None,
+        "plan_names_target": round(float(np.mean(every_plan)), 3) if every_plan else None,
+        "vl_accuracy_by_kind": rates(vl),
+        "plan_names_target_by_family": rates(plans),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--scenes", type=int, default=12, help="scenes per task family")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--families", nargs="+", help="task families (default: all)")
+    args = parser.parse_args()
+    print(json.dumps(naming_probe(args.checkpoint, args.scenes, args.seed, args.families)))
+
+
+if __name__ == "__main__":
+    main()
