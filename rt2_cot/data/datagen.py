@@ -201,7 +201,7 @@ def text_questions(rng: np.random.Generator, n: int) -> list[tuple[str, str, str
 # ---------------------------------------------------------------------------------------------
 # Episodes
 # ---------------------------------------------------------------------------------------------
-def _scene_state(sim) -> tuple[list, list]:
+def scene_state(sim) -> tuple[list, list]:
     """The sim's current scene objects and tiles (privileged state for the questions)."""
     objects = getattr(sim, "objects", None)
     tiles = getattr(sim, "tiles", None)
@@ -268,7 +268,7 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
     if cfg.decoy_episodes > 0 and decoy_rng.random() < cfg.decoy_episodes:
         n_decoy = int(decoy_rng.integers(1, cfg.decoy_max_steps + 1))
         decoy_goal = _decoy_goal(sim, task, decoy_rng)
-    objects, tiles = _scene_state(sim)  # as placed by reset, before anything moves
+    objects, tiles = scene_state(sim)  # as placed by reset, before anything moves
     images, actions, plans, points, grippers, positions = [], [], [], [], [], []
     for _ in range(max_steps):
         if render:

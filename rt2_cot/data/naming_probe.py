@@ -50,7 +50,7 @@ def naming_probe(
     from robot_io.sim.env import TabletopSim
     from robot_io.sim.tasks import FAMILIES, sample_task
     from rt2_cot.backends.base import GenerationRequest, request_prompt
-    from rt2_cot.data.datagen import _scene_state, scene_questions
+    from rt2_cot.data.datagen import scene_questions, scene_state
     from rt2_cot.data.format import vl_prompt
 
     proc = AutoProcessor.from_pretrained(checkpoint)
@@ -64,7 +64,7 @@ def naming_probe(
             task = sample_task(rng, family)
             sim.reset(task, seed=int(rng.integers(1_000_000_000)))
             image = sim.render().color
-            objects, tiles = _scene_state(sim)
+            objects, tiles = scene_state(sim)
             for question, answer, kind in scene_questions(objects, tiles, rng, initial=True):
                 got = _answer(_generate(model, proc, image, vl_prompt(question), 8))
                 vl[kind].append(got == answer)
