@@ -456,12 +456,13 @@ class RealSenseCamera(Camera):
                 # all arrives, not even a partial frameset. A recording that yields nothing on
                 # its first pass was not read, it was lost, so open it once more rather than
                 # report a valid file as ended. With `loop` the next lap covers this already.
-                # Rarer still, on a loaded machine (CI once; once in a local suite run beside a training job), a pass of a
-                # short .db3 delivers only its last frame: the file holds every frame (counted
-                # with recorded_image_counts), the SDK's non-real-time pacing let the playback run
-                # ahead of the pipeline's one-frameset queue before the first read. pause/seek(0)
-                # does not rewind it and a callback pipeline stalls after two framesets, so this
-                # is left to the caller; the tests that need a whole pass are rerun once.
+                # Rarer still, on a loaded machine (CI once; once in a local suite run beside a
+                # training job), a pass of a short .db3 delivers only its last frame: the file
+                # holds every frame (counted with recorded_image_counts), the SDK's non-real-time
+                # pacing let the playback run ahead of the pipeline's one-frameset queue before
+                # the first read. pause/seek(0) does not rewind it and a callback pipeline stalls
+                # after two framesets, so this is left to the caller; the tests that need a whole
+                # pass are rerun once.
                 self._reopened = True
                 logger.warning(
                     "RealSense {} delivered no frame on its first pass; reopening it", self.config.file

@@ -10,8 +10,8 @@ episodes start) it
   class, size, position, counts, symbols; not "where is the X", see `pointing_probe`) and scores the
   answer by exact match (`vl_accuracy`, by question kind), and
 - lets the model write its plan for the task (greedy, the arm's state stated as it was trained)
-  and checks that the plan names the task's target object (`plan_names_target`, by family), the
-  same check as `rt2-cot eval`'s plan accuracy.
+  and checks that the plan names the task's target object (`plan_names_target`, by family) with
+  `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange).
 
 A model that answers "which object is the smallest" but does not plan for it has a transfer problem;
 one that answers neither does not see it.
@@ -28,16 +28,16 @@ from collections import defaultdict
 import numpy as np
 
 
-def _generate(model, proc, image, text: str, max_new_tokens: int) -> str:
+def _answer(model, proc, image, question: str) -> str:
+    """The model's short answer to a co-training question (greedy, up to its end-of-answer token)."""
     import torch
 
-    inputs = proc(images=image, text=text)
+    from rt2_cot.data.format import vl_prompt
+
+    inputs = proc(images=image, text=vl_prompt(question))
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
-    return proc.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def _answer(text: str) -> str:
+        out = model.generate(**inputs, max_new_tokens=8)
+    text = proc.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return text.split("[SEP]", 1)[0].strip().rstrip(".").strip()
 
 
@@ -49,9 +49,9 @@ def naming_probe(
     import rt2_cot.model  # noqa: F401  (registers the Auto classes)
     from robot_io.sim.env import TabletopSim
     from robot_io.sim.tasks import FAMILIES, sample_task
-    from rt2_cot.backends.base import GenerationRequest, request_prompt
     from rt2_cot.data.datagen import scene_questions, scene_state
-    from rt2_cot.data.format import vl_prompt
+    from rt2_cot.data.pointing_probe import plan_text
+    from rt2_cot.evaluation import plan_names_object
 
     proc = AutoProcessor.from_pretrained(checkpoint)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
@@ -66,17 +66,9 @@ def naming_probe(
             image = sim.render().color
             objects, tiles = scene_state(sim)
             for question, answer, kind in scene_questions(objects, tiles, rng, initial=True):
-                got = _answer(_generate(model, proc, image, vl_prompt(question), 8))
-                vl[kind].append(got == answer)
-            request = GenerationRequest(
-                image=image,
-                instruction=task.instruction,
-                gripper=sim.gripper,
-                ee_xyz=tuple(sim.ee_state().ee_xyz_m),
-            )
-            text = _generate(model, proc, image, request_prompt(model.config, request).text, 24)
-            plan = text.split("action", 1)[0]
-            plans[family].append(task.target in plan)
+                vl[kind].append(_answer(model, proc, image, question) == answer)
+            plan = plan_text(model, proc, image, sim, task.instruction, 24).split("action", 1)[0]
+            plans[family].append(plan_names_object(plan, task.target))
 
     def rates(d: dict[str, list[bool]]) -> dict[str, dict]:
         return {k: {"n": len(v), "rate": round(float(np.mean(v)), 3)} for k, v in sorted(d.items())}

@@ -46,8 +46,9 @@ def _ask(model, proc, image, question: str) -> tuple[int, int] | None:
     return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
-def _plan_point(model, proc, image, sim, instruction: str) -> tuple[int, int] | None:
-    """The first point of the plan the model writes for `instruction` (None: no grounded plan)."""
+def plan_text(model, proc, image, sim, instruction: str, max_new_tokens: int = 16) -> str:
+    """What the model writes (greedy) for `instruction` on `image`, the arm's state taken from `sim`
+    and stated as the model was trained."""
     import torch
 
     from rt2_cot.backends.base import GenerationRequest, request_prompt
@@ -57,8 +58,13 @@ def _plan_point(model, proc, image, sim, instruction: str) -> tuple[int, int] | 
     )
     inputs = proc(images=image, text=request_prompt(model.config, request).text)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=16)
-    m = _PLAN_POINT.search(proc.decode(out[0, inputs["input_ids"].shape[1] :]))
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return proc.decode(out[0, inputs["input_ids"].shape[1] :])
+
+
+def _plan_point(model, proc, image, sim, instruction: str) -> tuple[int, int] | None:
+    """The first point of the plan the model writes for `instruction` (None: no grounded plan)."""
+    m = _PLAN_POINT.search(plan_text(model, proc, image, sim, instruction))
     return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
