@@ -63,6 +63,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample tasks only from these families (uniformly); default: every family",
     )
     parser.add_argument(
+        "--driver",
+        metavar="MODEL",
+        help="DAgger: a checkpoint folder (or 'builtin') that acts in --driver-episodes of the episodes "
+        "with its own plans, through the shield; every visited frame keeps the oracle's label",
+    )
+    parser.add_argument(
+        "--driver-episodes",
+        type=float,
+        default=1.0,
+        help="with --driver: fraction of episodes the model drives (default 1.0)",
+    )
+    parser.add_argument(
+        "--driver-step-prob",
+        type=float,
+        default=1.0,
+        help="with --driver: in a driven episode, the chance each step is the model's (else the oracle's)",
+    )
+    parser.add_argument(
         "--no-shield",
         action="store_true",
         help="execute the oracle's commands unclipped (how data was written before session 3; the "
@@ -92,6 +110,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--decoy-episodes is a fraction between 0 and 1")
     if not 0.0 <= args.random_start <= 1.0:
         raise ConfigError("--random-start is a fraction between 0 and 1")
+    for name in ("driver_episodes", "driver_step_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} is a fraction between 0 and 1")
+    if args.driver and args.start_frames_only:
+        raise ConfigError("--driver needs whole episodes; it cannot be combined with --start-frames-only")
+    if args.driver:
+        from rt2_cot.backends import is_builtin_model
+
+        if args.driver.startswith(("http://", "https://")) or not is_builtin_model(args.driver):
+            raise ConfigError(
+                f"--driver must be a local rt2-cot-mini checkpoint or 'builtin', got {args.driver!r}"
+            )
     if args.families:
         from robot_io.sim.tasks import FAMILIES
 
@@ -109,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         start_frames_only=args.start_frames_only,
         families=tuple(args.families or ()),
         shielded=not args.no_shield,
+        driver=args.driver or "",
+        driver_episodes=args.driver_episodes if args.driver else 0.0,
+        driver_step_prob=args.driver_step_prob,
     )
     totals = generate(args.out, cfg)
     print(json.dumps({"out": str(args.out), **totals}), file=sys.stdout)

@@ -89,6 +89,18 @@ class DatagenConfig:
     # object right 100% of the time when the words name it and 0-58% when only the image can
     # (smallest, closest to, arithmetic, which can is the drink): `--families` aims new scenes there.
     families: tuple[str, ...] = ()
+    # DAgger (Ross et al., 2011): in this fraction of episodes a trained model (`driver`, a checkpoint
+    # folder or "builtin") acts, with its own chain-of-thought plans, through the same shield as the
+    # console; each visited frame is still labelled with the oracle's plan and command. Oracle data
+    # only shows the states the oracle visits; closed loop the model meets its own mistakes (a plan
+    # that follows the arm, a grasp a little off, a release too early) and has never been shown the
+    # way back from them. Within a driven episode each step is the model's with probability
+    # `driver_step_prob`, else the oracle's (so later stages, e.g. carrying, are reached too).
+    # Driven episodes are kept whether or not they succeed; the model's own plan is recorded too
+    # (`driver_plan`), so the data also measures the model on the states it visits.
+    driver: str = ""
+    driver_episodes: float = 0.0
+    driver_step_prob: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +265,13 @@ def random_start_xyz(rng: np.random.Generator) -> tuple[float, float, float]:
     )
 
 
-def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True) -> dict:
+def run_episode(
+    sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True, driver=None
+) -> dict:
     """One oracle episode. `render=False` replays it without images (same commands, same noise,
-    same states: everything is seeded by `seed`), for adding per-frame state to older shards."""
+    same states: everything is seeded by `seed`), for adding per-frame state to older shards.
+    `driver`: a Policy (`rt2_cot.vla_policy.VLAPolicy`) that acts in a `cfg.driver_episodes` share
+    of episodes (DAgger; see DatagenConfig); driven episodes cannot be replayed without it."""
     sim.reset(task, seed=seed)
     start_rng = np.random.default_rng([seed, 17])  # its own stream, as the decoy's
     if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
@@ -268,9 +284,17 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
     if cfg.decoy_episodes > 0 and decoy_rng.random() < cfg.decoy_episodes:
         n_decoy = int(decoy_rng.integers(1, cfg.decoy_max_steps + 1))
         decoy_goal = _decoy_goal(sim, task, decoy_rng)
+    driver_rng = np.random.default_rng([seed, 19])  # its own stream, as the decoy's
+    driven = driver is not None and render and driver_rng.random() < cfg.driver_episodes
+    if driven:
+        driver.reset(task.instruction)
+        n_decoy, noisy = 0, False  # the model's own mistakes replace the scripted ones
     objects, tiles = scene_state(sim)  # as placed by reset, before anything moves
     images, actions, plans, points, grippers, positions = [], [], [], [], [], []
-    for _ in range(max_steps):
+    driver_plans: list[str | None] = []  # the model's plan at each frame (driven episodes)
+    driver_steps: list[bool] = []  # whether the model's command was the one executed
+    executed_gripper: list[float | None] = []  # the gripper opening each step asked for, as executed
+    for step in range(max_steps):
         if render:
             frame = sim.render(cfg.render_width, cfg.render_height)
             images.append(resize_image(frame.color, fmt.IMAGE_SIZE))
@@ -284,10 +308,18 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         positions.append([round(float(v), 5) for v in state.ee_xyz_m])
         if command.terminate:
             break
-        if len(actions) <= n_decoy:
+        if driven:
+            own = _driver_command(driver, sim, frame, task.instruction, step)
+            driver_plans.append(own[1])
+            use_model = own[0] is not None and driver_rng.random() < cfg.driver_step_prob
+            driver_steps.append(use_model)
+            if use_model:
+                command = own[0]  # executed; the label above stays the oracle's
+        elif len(actions) <= n_decoy:
             command = decoy_command(sim, decoy_goal)  # executed; the label above stays the oracle's
         elif noisy and noise_rng.random() < cfg.noise_step_prob:
             command = _perturbed(command, noise_rng, cfg.noise_std_m)
+        executed_gripper.append(float(command.gripper))
         execute(sim, command, cfg.shielded)
     return {
         "images": images,
@@ -299,9 +331,28 @@ def run_episode(sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, re
         "success": bool(sim.success()),
         "noisy": bool(noisy),
         "decoy_steps": n_decoy,
+        "driven": bool(driven),
+        "driver_plans": driver_plans,
+        "driver_steps": driver_steps,
+        # What the step before each frame asked the gripper for (None at the start): with a driver
+        # this is not always the previous label, and the prompt's "closing"/"opening" must say what
+        # the gripper is really doing.
+        "gripper_commands": [None, *executed_gripper][: len(actions)],
         "objects": objects,
         "tiles": tiles,
     }
+
+
+def _driver_command(driver, sim, frame, instruction: str, step: int):
+    """The driver's (command, plan) for this frame, its terminate dropped (the oracle decides when
+    the episode ends); (None, plan) when its output did not parse, as the control loop would."""
+    from dataclasses import replace
+
+    from rt2_cot.policy import Observation
+
+    out = driver.step(Observation(frame=frame, arm=sim.ee_state(), instruction=instruction, step=step))
+    command = None if out.command is None else replace(out.command, terminate=False)
+    return command, out.plan or None
 
 
 def generate(out: Path, cfg: DatagenConfig) -> dict:
@@ -312,6 +363,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     codec = ActionCodec()
     sim = TabletopSim(SimConfig())
+    driver = load_driver(cfg.driver) if cfg.driver and cfg.driver_episodes > 0 else None
     n_shards = (cfg.episodes + cfg.episodes_per_shard - 1) // cfg.episodes_per_shard
     totals = {"episodes": 0, "frames": 0, "failed": 0, "vl": 0}
     t0 = time.time()
@@ -328,12 +380,12 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
             task = sample_task(rng, family, split="train")
             ep_seed = int(rng.integers(2**31))
             try:
-                result = run_episode(sim, task, ep_seed, cfg, codec)
+                result = run_episode(sim, task, ep_seed, cfg, codec, driver=driver)
             except RobotIOError as exc:  # a layout that cannot be built: count it and move on
                 logger.warning(f"episode skipped ({task.family}, seed {ep_seed}): {exc}")
                 totals["failed"] += 1
                 continue
-            if not result["success"] and not (cfg.keep_failed or cfg.start_frames_only):
+            if not result["success"] and not (cfg.keep_failed or cfg.start_frames_only or result["driven"]):
                 totals["failed"] += 1
                 continue
             ep_id = len(episodes)
@@ -350,6 +402,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                     "success": result["success"],
                     "noisy": result["noisy"],
                     "decoy_steps": result["decoy_steps"],
+                    "driven": result["driven"],
                     "split": "train",
                 }
             )
@@ -380,6 +433,14 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                         "ee_xyz": pos,
                     }
                 )
+                if result["driven"]:
+                    frames[-1]["gripper_command"] = result["gripper_commands"][s]
+                    frames[-1]["driver_plan"] = (
+                        result["driver_plans"][s] if s < len(result["driver_plans"]) else None
+                    )
+                    frames[-1]["driver_step"] = (
+                        result["driver_steps"][s] if s < len(result["driver_steps"]) else False
+                    )
             questions = _episode_questions(
                 result["objects"], result["tiles"], base, len(result["images"]), cfg, rng
             )
@@ -415,6 +476,15 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
         json.dumps({"config": cfg.__dict__, "totals": totals}, indent=2)
     )
     return totals
+
+
+def load_driver(model: str):
+    """The DAgger driver: the model as the console runs it (`rt2-cot eval`'s defaults: a plan every
+    step, greedy). Loaded once per datagen process."""
+    from rt2_cot.backends import load_backend
+    from rt2_cot.vla_policy import VLAPolicy
+
+    return VLAPolicy(load_backend(model), replan_every=1)
 
 
 def _episode_questions(

@@ -19,6 +19,7 @@ from rt2_cot.prompts import gripper_motion
 
 # Position roles inside a target, used by the loss: text token, or the index of an action dimension.
 TEXT = -1
+_UNRECORDED = object()  # a frame that does not record the previous step's executed gripper command
 POINT = 8  # an image coordinate (0..255) in a grounded plan or a pointing answer: ordinal, like actions
 
 
@@ -142,14 +143,22 @@ class RobotData:
                         "family": ep.get("family", ""),
                         "step": fr["step"],
                         "gripper": fr.get("gripper"),
+                        # DAgger frames record what the previous step really asked for (datagen).
+                        "executed_gripper_command": fr.get("gripper_command", _UNRECORDED),
                     }
                 )
             for q in shard.meta.get("vl", []):
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
-        # The opening the previous step commanded (its label's gripper bin), None at an episode's start.
+        # The opening the previous step commanded: its label's gripper bin (the oracle's episodes
+        # execute their labels, decoy and noise steps keep the gripper's), or what a DAgger frame
+        # recorded as executed; None at an episode's start.
         for i, f in enumerate(self.frames):
+            executed = f.pop("executed_gripper_command")
+            if executed is not _UNRECORDED:
+                f["gripper_command"] = executed
+                continue
             prev = self.frames[i - 1] if i > 0 else None
             same = prev is not None and prev["episode"] == f["episode"] and prev["step"] == f["step"] - 1
             f["gripper_command"] = prev["action"][7] / 255.0 if same else None

@@ -268,3 +268,108 @@ def test_datagen_cli_rejects_an_unknown_family(tmp_path):
     assert result.returncode != 0
     assert "unknown task families juggle" in result.stderr and "closest_to" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+class _WanderingDriver:
+    """A stand-in for a trained model: always moves +y with the gripper shut, names the wrong thing
+    and asks to terminate (which datagen must not obey: the oracle decides when an episode ends)."""
+
+    name = "wanderer"
+
+    def __init__(self) -> None:
+        self.resets, self.steps = 0, 0
+
+    def reset(self, instruction: str) -> None:
+        self.resets += 1
+
+    def step(self, observation, on_event=None):
+        from robot_io.types import EndEffectorCommand
+        from rt2_cot.policy import PolicyOutput
+
+        assert observation.frame.color.ndim == 3 and observation.arm.ee_xyz_m is not None
+        self.steps += 1
+        command = EndEffectorCommand(delta_xyz_m=(0.0, 0.03, 0.0), gripper=0.0, terminate=True)
+        return PolicyOutput(command=command, tokens=None, plan="pick up the moon")
+
+
+def test_a_driver_acts_while_every_label_stays_the_oracles():
+    """DAgger: in a driven episode the model's commands are executed (its terminate ignored) and its
+    plan recorded, while every frame's label is still what the oracle does from that state."""
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import run_episode
+
+    sim, codec, driver = TabletopSim(), ActionCodec(), _WanderingDriver()
+    cfg = DatagenConfig(episodes=1, noisy_episodes=0.0, max_steps=5, driver_episodes=1.0)
+    task = sample_task(np.random.default_rng(4), family="pick")
+    result = run_episode(sim, task, 21, cfg, codec, driver=driver)
+    assert result["driven"] and driver.resets == 1 and driver.steps == 5
+    assert len(result["images"]) == 5 and not result["success"]  # it never terminated early
+    assert result["driver_plans"] == ["pick up the moon"] * 5 and all(result["driver_steps"])
+    assert result["gripper_commands"] == [None, 0.0, 0.0, 0.0, 0.0]
+    positions = np.array(result["positions"])
+    assert np.all(np.diff(positions[:, 1]) > 0.01)  # the arm went where the driver sent it
+    # Each label is the oracle's from the state the driver left: replay the oracle on those states.
+    labelled = [codec.decode(a) for a in result["actions"]]
+    assert all(not c.terminate for c in labelled)
+    assert any(c.gripper > 0.5 for c in labelled)  # the oracle keeps the gripper open to approach
+    assert result["plans"] == [task.plan] * 5
+
+
+def test_a_driver_share_of_zero_leaves_the_oracle_in_charge():
+    from robot_io.sim.env import TabletopSim
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.datagen import run_episode
+
+    sim, codec, driver = TabletopSim(), ActionCodec(), _WanderingDriver()
+    task = sample_task(np.random.default_rng(4), family="pick")
+    cfg = DatagenConfig(episodes=1, noisy_episodes=0.0, driver_episodes=0.0)
+    result = run_episode(sim, task, 21, cfg, codec, driver=driver)
+    assert not result["driven"] and driver.steps == 0 and result["success"]
+
+
+def test_driven_frames_keep_their_executed_gripper_command_for_the_prompt(tmp_path, monkeypatch):
+    """A driven shard is kept though the driver fails, records the model's plan per frame, and the
+    training data reads the previous step's *executed* gripper command (the driver's "closed"),
+    not the previous label's (the oracle's "open"), for the prompt's opening/closing."""
+    from rt2_cot.data import datagen
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    monkeypatch.setattr(datagen, "load_driver", lambda model: _WanderingDriver())
+    cfg = DatagenConfig(
+        episodes=2,
+        seed=5,
+        episodes_per_shard=2,
+        max_steps=4,
+        driver="fake",
+        driver_episodes=1.0,
+        families=("pick",),
+    )
+    totals = generate(tmp_path, cfg)
+    assert totals["episodes"] == 2 and totals["failed"] == 0  # kept although neither succeeded
+    shard = fmt.read_shard(fmt.shard_paths(tmp_path)[0])
+    assert all(ep["driven"] and not ep["success"] for ep in shard.meta["episodes"])
+    assert {fr["driver_plan"] for fr in shard.meta["frames"]} == {"pick up the moon"}
+    data = RobotData([tmp_path], load_tokenizer(), grounded=True, gripper_state=True, gripper_motion=True)
+    commands = [f["gripper_command"] for f in data.frames]
+    labels = [f["action"][7] / 255.0 for f in data.frames]
+    assert commands == [None, 0.0, 0.0, 0.0] * 2
+    assert labels[0] == 1.0  # the oracle's label said open: the old rule would have said so too
+
+
+def test_datagen_cli_rejects_a_driver_that_is_not_a_local_checkpoint(tmp_path):
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, "-m", "rt2_cot", "datagen", "--out", str(tmp_path), "--episodes", "1", *extra],
+            capture_output=True,
+            text=True,
+        )
+
+    missing = run("--driver", str(tmp_path / "no-such-model"))
+    assert missing.returncode != 0 and "--driver must be a local rt2-cot-mini checkpoint" in missing.stderr
+    starts = run("--driver", "builtin", "--start-frames-only")
+    assert starts.returncode != 0 and "cannot be combined with --start-frames-only" in starts.stderr
+    share = run("--driver", "builtin", "--driver-step-prob", "1.5")
+    assert share.returncode != 0 and "--driver-step-prob is a fraction" in share.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
