@@ -289,7 +289,7 @@ class _WanderingDriver:
         assert observation.frame.color.ndim == 3 and observation.arm.ee_xyz_m is not None
         self.steps += 1
         command = EndEffectorCommand(delta_xyz_m=(0.0, 0.03, 0.0), gripper=0.0, terminate=True)
-        return PolicyOutput(command=command, tokens=None, plan="pick up the moon")
+        return PolicyOutput(command=command, tokens=None, plan="pick up the moon at 0 0")
 
 
 def test_a_driver_acts_while_every_label_stays_the_oracles():
@@ -305,7 +305,7 @@ def test_a_driver_acts_while_every_label_stays_the_oracles():
     result = run_episode(sim, task, 21, cfg, codec, driver=driver)
     assert result["driven"] and driver.resets == 1 and driver.steps == 5
     assert len(result["images"]) == 5 and not result["success"]  # it never terminated early
-    assert result["driver_plans"] == ["pick up the moon"] * 5 and all(result["driver_steps"])
+    assert result["driver_plans"] == ["pick up the moon at 0 0"] * 5 and all(result["driver_steps"])
     assert result["gripper_commands"] == [None, 0.0, 0.0, 0.0, 0.0]
     positions = np.array(result["positions"])
     assert np.all(np.diff(positions[:, 1]) > 0.01)  # the arm went where the driver sent it
@@ -350,12 +350,29 @@ def test_driven_frames_keep_their_executed_gripper_command_for_the_prompt(tmp_pa
     assert totals["episodes"] == 2 and totals["failed"] == 0  # kept although neither succeeded
     shard = fmt.read_shard(fmt.shard_paths(tmp_path)[0])
     assert all(ep["driven"] and not ep["success"] for ep in shard.meta["episodes"])
-    assert {fr["driver_plan"] for fr in shard.meta["frames"]} == {"pick up the moon"}
+    assert {fr["driver_plan"] for fr in shard.meta["frames"]} == {"pick up the moon at 0 0"}
     data = RobotData([tmp_path], load_tokenizer(), grounded=True, gripper_state=True, gripper_motion=True)
     commands = [f["gripper_command"] for f in data.frames]
     labels = [f["action"][7] / 255.0 for f in data.frames]
     assert commands == [None, 0.0, 0.0, 0.0] * 2
     assert labels[0] == 1.0  # the oracle's label said open: the old rule would have said so too
+
+    # The shards measure the driver on the states it visited.
+    from rt2_cot.data.dagger_report import dagger_report
+
+    report = dagger_report(tmp_path)
+    assert set(report) == {"pick", "all"}
+    row = report["all"]
+    assert row["driven_episodes"] == 2 and row["success"] == 0.0 and row["frames"] == 8
+    assert row["plan_names_target"] == 0.0  # the moon is never the target
+    oracle_points = [
+        fr["points"][ep["task"]["target"]]
+        for fr in shard.meta["frames"]
+        for ep in shard.meta["episodes"]
+        if ep["id"] == fr["episode"]
+    ]
+    expected = float(np.median([np.hypot(*p) for p in oracle_points]))
+    assert row["target_point"] == pytest.approx(expected, abs=1.5) and row["reference_point"] is None
 
 
 def test_datagen_cli_rejects_a_driver_that_is_not_a_local_checkpoint(tmp_path):
