@@ -64,6 +64,12 @@ class TrainConfig:
     # ... and the end-effector position (proprioception, as pi0 and Octo condition on): 0..255 over
     # the model config's position_box. Needs frames with `ee_xyz` (`rt2-cot datagen --add-state`).
     position_in_prompt: bool = False
+    # DAgger data (`rt2-cot datagen --driver`): leave out frames where the model had just asked to
+    # close and the oracle's label opens again. The oracle reopens when the fingers are not around
+    # the object, a sub-centimetre judgement the model cannot make from a 128-px frame; in session
+    # 10's DAgger data the label reopened 53% of such half-closed grasps (oracle episodes: 16%), and
+    # a model trained on it learned to let go: picks with its own plan 85% -> 45%.
+    drop_driven_reopens: bool = False
     num_hidden_layers: int = 4
     vision_grid: int = 4  # prefix tokens per side (see Rt2CotMiniConfig)
     vision_stride8: bool = False  # add the frozen stride-8 map to the prefix
@@ -462,6 +468,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             gripper_state=cfg.gripper_in_prompt,
             position_state=cfg.position_in_prompt,
             gripper_motion=cfg.gripper_motion_in_prompt,
+            drop_driven_reopens=cfg.drop_driven_reopens,
         )
 
     data = robot_data(cfg.data)

@@ -85,6 +85,7 @@ class RobotData:
         gripper_state: bool = False,
         position_state: bool = False,
         gripper_motion: bool = False,
+        drop_driven_reopens: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
@@ -97,7 +98,9 @@ class RobotData:
         asked for, before the shield). `position_state`: and the end-effector position (`Position:
         120 88 30`). Datagen records
         both, `rt2-cot datagen --add-state` adds them to older shards; frames without what the
-        prompt needs are left out."""
+        prompt needs are left out. `drop_driven_reopens`: leave out DAgger frames (datagen
+        `--driver`) where the model had just asked to close and the oracle's label opens again
+        (see TrainConfig.drop_driven_reopens)."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
         from rt2_cot.prompts import position_bins
 
@@ -158,6 +161,9 @@ class RobotData:
             executed = f.pop("executed_gripper_command")
             if executed is not _UNRECORDED:
                 f["gripper_command"] = executed
+                reopens = executed is not None and executed < 0.5 and f["action"][7] > 127
+                if drop_driven_reopens and reopens:
+                    f["split"] = "driven-reopen"
                 continue
             prev = self.frames[i - 1] if i > 0 else None
             same = prev is not None and prev["episode"] == f["episode"] and prev["step"] == f["step"] - 1

@@ -356,6 +356,12 @@ def test_driven_frames_keep_their_executed_gripper_command_for_the_prompt(tmp_pa
     labels = [f["action"][7] / 255.0 for f in data.frames]
     assert commands == [None, 0.0, 0.0, 0.0] * 2
     assert labels[0] == 1.0  # the oracle's label said open: the old rule would have said so too
+    # After the driver's close the oracle's label opens again (it is nowhere near the object):
+    # training can leave those frames out (TrainConfig.drop_driven_reopens).
+    kept = RobotData([tmp_path], load_tokenizer(), grounded=True, drop_driven_reopens=True)
+    reopens = [i for i, (c, a) in enumerate(zip(commands, labels, strict=True)) if c == 0.0 and a > 0.5]
+    assert reopens and set(kept.robot_frames.tolist()) == set(range(8)) - set(reopens)
+    assert {kept.frames[i]["split"] for i in reopens} == {"driven-reopen"}
 
     # The shards measure the driver on the states it visited.
     from rt2_cot.data.dagger_report import dagger_report
