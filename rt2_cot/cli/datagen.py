@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.driver:
         from rt2_cot.backends import is_builtin_model
 
-        if args.driver.startswith(("http://", "https://")) or not is_builtin_model(args.driver):
+        if not is_builtin_model(args.driver):  # also False for a server URL
             raise ConfigError(
                 f"--driver must be a local rt2-cot-mini checkpoint or 'builtin', got {args.driver!r}"
             )

@@ -18,29 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-_POINT = re.compile(r"\bat (\d+) (\d+)")
-
-
-def _points(plan: str) -> list[tuple[int, int]]:
-    return [(int(x), int(y)) for x, y in _POINT.findall(plan)]
-
 
 def _distance(a: list, b: list, i: int) -> float | None:
+    """Distance between the i-th located things of two `plan_points` lists; None if either lacks one."""
     if len(a) <= i or len(b) <= i:
         return None
-    return float(np.hypot(a[i][0] - b[i][0], a[i][1] - b[i][1]))
+    return float(np.hypot(a[i][1] - b[i][1], a[i][2] - b[i][2]))
 
 
 def dagger_report(folder: Path) -> dict:
     """Per family and overall: driven episodes, their success, and the driver's plans against the
     oracle's on the frames it visited. Reads the shards' JSON sidecars only (no images)."""
     from rt2_cot.data import format as fmt
+    from rt2_cot.data.grounding import plan_points
     from rt2_cot.evaluation import plan_names_object
 
     episodes: dict[str, list[bool]] = defaultdict(list)
@@ -58,7 +53,7 @@ def dagger_report(folder: Path) -> dict:
             if not ep.get("driven") or plan is None:
                 continue
             named[ep["family"]].append(plan_names_object(plan, ep["task"]["target"]))
-            own, oracle = _points(plan), _points(frame.get("grounded_plan", ""))
+            own, oracle = plan_points(plan), plan_points(frame.get("grounded_plan", ""))
             for i in (0, 1):
                 d = _distance(own, oracle, i)
                 if d is not None:

@@ -309,12 +309,12 @@ def run_episode(
         if command.terminate:
             break
         if driven:
-            own = _driver_command(driver, sim, frame, task.instruction, step)
-            driver_plans.append(own[1])
-            use_model = own[0] is not None and driver_rng.random() < cfg.driver_step_prob
+            own_command, own_plan = _driver_command(driver, sim, frame, task.instruction, step)
+            driver_plans.append(own_plan)
+            use_model = own_command is not None and driver_rng.random() < cfg.driver_step_prob
             driver_steps.append(use_model)
             if use_model:
-                command = own[0]  # executed; the label above stays the oracle's
+                command = own_command  # executed; the label above stays the oracle's
         elif len(actions) <= n_decoy:
             command = decoy_command(sim, decoy_goal)  # executed; the label above stays the oracle's
         elif noisy and noise_rng.random() < cfg.noise_step_prob:
@@ -332,8 +332,9 @@ def run_episode(
         "noisy": bool(noisy),
         "decoy_steps": n_decoy,
         "driven": bool(driven),
-        "driver_plans": driver_plans,
-        "driver_steps": driver_steps,
+        # Per frame, like the lists above (the last frame, where the oracle terminates, has no step).
+        "driver_plans": driver_plans + [None] * (len(actions) - len(driver_plans)) if driven else [],
+        "driver_steps": driver_steps + [False] * (len(actions) - len(driver_steps)) if driven else [],
         # What the step before each frame asked the gripper for (None at the start): with a driver
         # this is not always the previous label, and the prompt's "closing"/"opening" must say what
         # the gripper is really doing.
@@ -435,12 +436,8 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
                 )
                 if result["driven"]:
                     frames[-1]["gripper_command"] = result["gripper_commands"][s]
-                    frames[-1]["driver_plan"] = (
-                        result["driver_plans"][s] if s < len(result["driver_plans"]) else None
-                    )
-                    frames[-1]["driver_step"] = (
-                        result["driver_steps"][s] if s < len(result["driver_steps"]) else False
-                    )
+                    frames[-1]["driver_plan"] = result["driver_plans"][s]
+                    frames[-1]["driver_step"] = result["driver_steps"][s]
             questions = _episode_questions(
                 result["objects"], result["tiles"], base, len(result["images"]), cfg, rng
             )
