@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("driver_episodes", "driver_step_prob"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')} is a fraction between 0 and 1")
+    if args.driver and args.no_shield:
+        raise ConfigError("--driver acts through the safety shield; it cannot be combined with --no-shield")
     if args.driver and args.start_frames_only:
         raise ConfigError("--driver needs whole episodes; it cannot be combined with --start-frames-only")
     if args.driver:

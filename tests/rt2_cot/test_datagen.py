@@ -393,6 +393,8 @@ def test_datagen_cli_rejects_a_driver_that_is_not_a_local_checkpoint(tmp_path):
     assert missing.returncode != 0 and "--driver must be a local rt2-cot-mini checkpoint" in missing.stderr
     starts = run("--driver", "builtin", "--start-frames-only")
     assert starts.returncode != 0 and "cannot be combined with --start-frames-only" in starts.stderr
+    unshielded = run("--driver", "builtin", "--no-shield")
+    assert unshielded.returncode != 0 and "cannot be combined with --no-shield" in unshielded.stderr
     share = run("--driver", "builtin", "--driver-step-prob", "1.5")
     assert share.returncode != 0 and "--driver-step-prob is a fraction" in share.stderr
     assert not list(tmp_path.iterdir())  # nothing written
