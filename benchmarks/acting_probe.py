@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from robot_io.safety import SafetyLimits, clip_command
     from robot_io.sim.env import TabletopSim
+    from robot_io.sim.oracle import place_point
     from robot_io.sim.tasks import sample_task
     from robot_io.types import EndEffectorCommand
     from rt2_cot.action_codec import ActionCodec
@@ -96,11 +97,14 @@ def run(args: argparse.Namespace) -> dict:
                 command = EndEffectorCommand(gripper=0.0)
             if args.trace:  # where the fingertips are against the target, and what the model did
                 ee, obj = sim.ee_state().ee_xyz_m, sim.object_position(task.target)
+                # For carry tasks: the target's distance from where the oracle would put it down.
+                to_place = None if task.goal == "lift" else float(np.hypot(*(obj[:2] - place_point(sim))))
                 print(
                     json.dumps(
                         {
                             "step": taken,
                             "ee_minus_target_cm": [round(100 * float(v), 1) for v in ee - obj],
+                            "target_to_place_cm": None if to_place is None else round(100 * to_place, 1),
                             "gripper": round(sim.gripper, 2),
                             "command": None
                             if command is None
