@@ -25,6 +25,8 @@ again, as the oracle does while the shield closes the gripper halfway?), how epi
 success, step limit, terminated with the gripper half open, terminated otherwise) and in how many
 the target was held at some step (`held_target`). `--trace` adds one
 line a step on stderr: fingertips minus target (cm), gripper, and the decoded command.
+`--finish-open` counts the episodes that ended with the gripper half open and would succeed had it
+opened fully (`rescued_by_opening`; success itself is judged at termination, as in eval).
 `--finish-close` stands in for a model that knew the gripper's opening: whenever the gripper is
 half-closed, the probe closes it (holding still) before the model acts again.
 """
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     closes = {"closed": 0, "within_grasp_radius": 0, "held_and_closed_again": 0}
     # How episodes end; and for carry tasks (near / on goals) whether the target was ever held.
     ends = {"success": 0, "step_limit": 0, "terminated_half_open": 0, "terminated_other": 0}
-    held_target = 0
+    held_target, rescued = 0, 0
     for _ in range(args.episodes):
         task = sample_task(rng, family=None if args.family == "any" else args.family)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> dict:
                             "step": taken,
                             "ee_minus_target_cm": [round(100 * float(v), 1) for v in ee - obj],
                             "target_to_place_cm": None if to_place is None else round(100 * to_place, 1),
+                            "ee_height_cm": round(100 * float(ee[2]), 1),
+                            "goal_reached": sim.goal_reached(),
                             "gripper": round(sim.gripper, 2),
                             "command": None
                             if command is None
@@ -132,10 +136,16 @@ def run(args: argparse.Namespace) -> dict:
             # Through the safety shield's clipping, as eval and the console execute every action.
             command, _notes = clip_command(command, sim.ee_state(), limits)
             sim.apply(command)
-        wins += bool(sim.success())
+        won = bool(sim.success())
+        wins += won
         steps.append(taken)
         held_target += held
-        if sim.success():
+        if args.finish_open and not won and terminated_at is not None and 0.0 < terminated_at < 1.0:
+            # Diagnostic: the model stopped with the gripper half open (the shield opens it in two
+            # steps); would the task be done had it opened fully? One step, no motion, then judge.
+            sim.apply(EndEffectorCommand(gripper=1.0))
+            rescued += bool(sim.success())
+        if won:
             ends["success"] += 1
         elif terminated_at is None:
             ends["step_limit"] += 1
@@ -159,6 +169,7 @@ def run(args: argparse.Namespace) -> dict:
         "first_close": closes,
         "ends": ends,
         "held_target": held_target,
+        **({"rescued_by_opening": rescued} if args.finish_open else {}),
     }
 
 
@@ -180,6 +191,12 @@ def main() -> int:
         "--finish-close",
         action="store_true",
         help="diagnostic: a half-closed gripper is closed fully before the model acts again",
+    )
+    ap.add_argument(
+        "--finish-open",
+        action="store_true",
+        help="diagnostic: after a failed episode the model ended with the gripper half open, open it "
+        "fully (one step) and count whether the task is then done (rescued_by_opening)",
     )
     print(json.dumps(run(ap.parse_args())))
     return 0
