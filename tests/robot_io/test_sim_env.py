@@ -73,7 +73,7 @@ def test_oracle_solves_heldout_scenes(sim):
 
 
 def test_oracle_puts_a_carried_object_down_short_of_the_reference(sim):
-    """"Near": the place point is on the line from the reference to the carried object, 6-7.5 cm from
+    """ "Near": the place point is on the line from the reference to the carried object, 6-7.5 cm from
     the reference, and the oracle lowers once the object is within 1.5 cm of it (no millimetre
     hovering a learned policy cannot see)."""
     from robot_io.sim.oracle import NEAR_MAX_M, NEAR_MIN_M, PLACE_XY_TOL_M, place_point
@@ -99,7 +99,9 @@ def test_oracle_puts_a_carried_object_down_short_of_the_reference(sim):
             if command.terminate:
                 break
             sim.apply(command)
-        assert lowered_at is not None and lowered_at <= PLACE_XY_TOL_M, f"seed {seed}: lowered {lowered_at} m off"
+        assert lowered_at is not None and lowered_at <= PLACE_XY_TOL_M, (
+            f"seed {seed}: lowered {lowered_at} m off"
+        )
         _run_oracle(sim)
         assert sim.success(), task.instruction
     assert direct >= 4, "most uncluttered scenes take the direct approach"
