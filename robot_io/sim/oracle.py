@@ -57,6 +57,11 @@ def _in_place_bounds(sim: TabletopSim, p: np.ndarray) -> bool:
     return 0.26 <= p[0] <= min(hi_x, 0.66) and max(lo_y, -0.26) <= p[1] <= min(hi_y, 0.26)
 
 
+def _clearance(p: np.ndarray, others: list[np.ndarray]) -> float:
+    """Distance from `p` to the nearest of `others` (1 m if there are none)."""
+    return min((float(np.linalg.norm(p - o)) for o in others), default=1.0)
+
+
 def place_point(sim: TabletopSim) -> np.ndarray:
     """Where to put the target down (xy) for near/on goals.
 
@@ -78,10 +83,10 @@ def place_point(sim: TabletopSim) -> np.ndarray:
     ]
     start = sim.object_position(task.target)[:2]
     heading = start - ref
-    if float(np.linalg.norm(heading)) > 1e-6:
-        direct = ref + dist * heading / float(np.linalg.norm(heading))
-        clearance = min((float(np.linalg.norm(direct - o)) for o in others), default=1.0)
-        if clearance >= NEAR_CLEARANCE_M and _in_place_bounds(sim, direct):
+    length = float(np.linalg.norm(heading))
+    if length > 1e-6:
+        direct = ref + dist * heading / length
+        if _clearance(direct, others) >= NEAR_CLEARANCE_M and _in_place_bounds(sim, direct):
             return direct
     best, best_score = None, -1e9
     for k in range(16):
@@ -89,7 +94,7 @@ def place_point(sim: TabletopSim) -> np.ndarray:
         p = ref + dist * np.array([math.cos(ang), math.sin(ang)])
         if not _in_place_bounds(sim, p):
             continue
-        clearance = min((float(np.linalg.norm(p - o)) for o in others), default=1.0)
+        clearance = _clearance(p, others)
         # Prefer clear spots, then the side facing where the target came from (shorter carry).
         score = min(clearance, 0.12) - 0.05 * float(np.linalg.norm(p - start))
         if score > best_score:
