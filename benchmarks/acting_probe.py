@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.finish_open and not won and terminated_at is not None and 0.0 < terminated_at < 1.0:
             # Diagnostic: the model stopped with the gripper half open (the shield opens it in two
             # steps); would the task be done had it opened fully? One step, no motion, then judge.
-            sim.apply(EndEffectorCommand(gripper=1.0))
+            command, _notes = clip_command(EndEffectorCommand(gripper=1.0), sim.ee_state(), limits)
+            sim.apply(command)  # through the shield's clipping too, like every step above
             rescued += bool(sim.success())
         if won:
             ends["success"] += 1
