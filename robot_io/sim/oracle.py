@@ -4,7 +4,7 @@ It is stateless on purpose: each call reads the scene (gripper pose, what is hel
 target and goal are) and decides the next step, so it recovers from a clipped step, a missed grasp
 or an object that rolled off its goal, and it produces the same action for the same state (clean
 training data). Phases: hover over the target, descend, close, lift, carry, lower, open, retreat,
-terminate.
+open fully, terminate.
 """
 
 from __future__ import annotations
@@ -108,6 +108,11 @@ def oracle_command(sim: TabletopSim) -> EndEffectorCommand:
     ee = sim.ee_state().ee_xyz_m
     held = sim.held
     if sim.success():
+        if task.goal != "lift" and sim.gripper < 1.0:
+            # Put down: open all the way before stopping. Through the shield's gripper rate a release
+            # is half open, and a half-open hand left on the object is how a learned policy that lets
+            # go a little higher ends with the object wedged in its fingers (session 11's probe).
+            return _cmd(np.zeros(3), 1.0)
         return EndEffectorCommand(gripper=sim.gripper, terminate=True)
     # Something else in the hand (a policy handed over mid-episode): put it down.
     if held is not None and held != task.target:

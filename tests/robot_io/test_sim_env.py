@@ -107,6 +107,27 @@ def test_oracle_puts_a_carried_object_down_short_of_the_reference(sim):
     assert direct >= 4, "most uncluttered scenes take the direct approach"
 
 
+def test_oracle_lets_go_fully_before_it_stops_after_putting_something_down(sim):
+    """Through the shield's gripper rate a release is half open; the oracle (and so the training data)
+    opens all the way before it terminates on every put-down family, never on a lift."""
+    from robot_io.safety import SafetyLimits, clip_command
+
+    codec, limits = ActionCodec(), SafetyLimits()
+    for i, family in enumerate(FAMILIES):
+        sim.reset(sample_task(np.random.default_rng(400 + i), family), seed=i)
+        for _ in range(60):
+            command, _ = sim.oracle()
+            command, _notes = clip_command(codec.decode(codec.encode(command)), sim.ee_state(), limits)
+            if command.terminate:
+                break
+            sim.apply(command)
+        assert command.terminate and sim.success(), f"{family}: {sim.task.instruction!r}"
+        if sim.task.goal == "lift":
+            assert sim.held == sim.task.target
+        else:
+            assert sim.gripper == 1.0, f"{family}: stopped with the gripper at {sim.gripper}"
+
+
 def test_random_actions_rarely_succeed(sim):
     rng = np.random.default_rng(0)
     codec = ActionCodec()
