@@ -15,7 +15,10 @@ frame of the first plan) or has taken 1-3 of the oracle's steps toward the targe
 of the object is good on the way and bad at the start. A third set of scenes, drawn apart so the
 first two stay as they were, has the arm take 1-3 steps toward another object first, as datagen's
 decoy starts do (`plan_target_heading_elsewhere_*`); `plan_follows_the_arm` is how often the plan's
-point is then nearer the object the arm heads for than the target.
+point is then nearer the object the arm heads for than the target. Last, scenes with two tiles
+(`place_on_number`, `place_on_symbol`, first frames): asked "where is the number 7" and in its plan
+("... on the number 7 at 158 107"), is the model's point nearer the named tile than the other one
+(`{number,symbol}_tile_asked_right`, `_plan_right`; 0.5 is a coin toss), and how far from it.
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -121,6 +124,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
             if _distance(ta, tb) > 32:  # the object really moved
                 moved.append(_distance(a, b) > 16)
     err["plan_target_heading_elsewhere"], follows = _heading_elsewhere(model, proc, sim, scenes, seed)
+    tiles = {kind: _tile_scenes(model, proc, sim, kind, scenes, seed) for kind in ("number", "symbol")}
     summary = {"scenes": scenes, "unparsed": unparsed}
     for key, values in err.items():
         v = np.array(values)
@@ -129,6 +133,14 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     summary["target_nearer_another"] = round(float(np.mean(confused)), 3) if confused else None
     summary["moves_with_object"] = round(float(np.mean(moved)), 3) if moved else None
     summary["plan_follows_the_arm"] = round(float(np.mean(follows)), 3) if follows else None
+    for kind, found in tiles.items():
+        for how, hits in found.items():
+            summary[f"{kind}_tile_{how}_right"] = (
+                round(float(np.mean([h[0] for h in hits])), 3) if hits else None
+            )
+            summary[f"{kind}_tile_{how}_error_mean"] = (
+                round(float(np.mean([h[1] for h in hits])), 1) if hits else None
+            )
     return summary
 
 
@@ -160,6 +172,36 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int) -> tuple[list[f
         errors.append(to_target)
         follows.append(to_decoy < to_target)
     return errors, follows
+
+
+def _tile_scenes(model, proc, sim, kind: str, scenes: int, seed: int) -> dict[str, list[tuple[bool, float]]]:
+    """First frames of `place_on_{kind}` (two tiles on the table): for the question "where is the
+    {tile}" and for the plan's point of the tile, (nearer the named tile than any other, distance to
+    it). A plan that names another tile or no point is scored on whatever point it gives, or skipped."""
+    from robot_io.sim.tasks import sample_task
+    from rt2_cot.data.grounding import plan_points, scene_points
+
+    rng = np.random.default_rng([seed, 2 if kind == "number" else 3])
+    found: dict[str, list[tuple[bool, float]]] = {"asked": [], "plan": []}
+    for _ in range(scenes):
+        task = sample_task(rng, family=f"place_on_{kind}")
+        sim.reset(task, seed=int(rng.integers(1_000_000_000)))
+        image = sim.render().color
+        pts = scene_points(sim, *image.shape[1::-1])
+        names = [t.name for t in sim.tiles if t.name in pts]
+        if task.reference not in names or len(names) < 2:
+            continue
+        label = f"number {task.reference}" if kind == "number" else task.reference
+        points = plan_points(plan_text(model, proc, image, sim, task.instruction, max_new_tokens=28))
+        for how, point in (
+            ("asked", _ask(model, proc, image, f"where is the {label}")),
+            ("plan", points[-1][1:] if len(points) >= 2 else None),  # the tile is the plan's last point
+        ):
+            if point is None:
+                continue
+            dist = {name: _distance(point, pts[name]) for name in names}
+            found[how].append((min(dist, key=dist.get) == task.reference, dist[task.reference]))
+    return found
 
 
 def main() -> None:

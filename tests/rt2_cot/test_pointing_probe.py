@@ -20,6 +20,9 @@ def test_pointing_probe_reports_errors_in_image_units(monkeypatch):
     assert 0.0 <= out["plan_target_heading_elsewhere_error_mean"] <= 256 * 1.5
     for key in ("gripper_within_8", "target_within_8", "target_nearer_another", "plan_follows_the_arm"):
         assert 0.0 <= out[key] <= 1.0
+    for kind in ("number", "symbol"):  # two tiles on the table: asked and in the plan
+        assert 0.0 <= out[f"{kind}_tile_asked_right"] <= 1.0
+        assert 0.0 <= out[f"{kind}_tile_asked_error_mean"] <= 256 * 1.5
     # The trained model finds the big gripper far better than chance (~90 units for a random point).
     assert out["gripper_error_mean"] < 40
 
