@@ -1,0 +1,131 @@
+"""Do the frozen image features say which digit (or symbol) a tile shows? A linear probe.
+
+Session 12's pointing probe (`python -m rt2_cot.data.pointing_probe`) found that the built-in model
+cannot tell two number tiles apart: asked "where is the number 7" with a 7 and a 3 on the table, its
+point is nearer the 7 a third of the time, below a coin toss, while it tells symbols apart 85% of the
+time. Either the frozen EfficientNet-Lite0 maps at 128 px have lost the digit (then: resolution, a
+crop around the tile, bigger glyphs) or the model has not learned to read them (then: data, recipe).
+
+This trains a linear classifier on the cached features of `rt2-cot datagen` shards at each tile's
+image point (first frames, so the arm covers nothing), tile identity as the label, 80/20 split by
+tile, and reports held-out accuracy for two inputs: the stride-8 cell under the tile (40 channels)
+and that cell's 3x3 neighbourhood plus the stride-16 cell (472). `two_tiles` is the question the
+model fails: is the named class's logit higher at a tile of that class than at a tile of another
+class (0.5 is a coin toss).
+
+    python benchmarks/tile_probe.py --data data/episodes-v12
+
+Needs shards with `points` and both feature caches (`.features.v2.npy`, `.s8.v2.npy`), which
+training writes for a stride-8 model such as the built-in one. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from rt2_cot.data import dataset  # noqa: E402
+from rt2_cot.data import format as fmt  # noqa: E402
+from rt2_cot.model.configuration_rt2_cot_mini import STRIDE8_MAP, STRIDE16_MAP  # noqa: E402
+
+
+def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list]:
+    """Per tile on an episode's first frame: its name and the two inputs."""
+    c8, g8 = STRIDE8_MAP
+    c16, g16 = STRIDE16_MAP
+    out: dict[str, list] = {"name": [], "cell": [], "context": []}
+    for path in fmt.shard_paths(folder)[:max_shards]:
+        s8_path, ft_path = dataset.stride8_path(path), dataset.features_path(path)
+        if not (s8_path.exists() and ft_path.exists()):
+            raise SystemExit(f"{path.name}: no feature caches; train a stride-8 model on {folder} first")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        s8, ft = np.load(s8_path, mmap_mode="r"), np.load(ft_path, mmap_mode="r")
+        tiles_of = {e["id"]: list(e["task"]["tiles"]) for e in meta["episodes"]}
+        for i, frame in enumerate(meta["frames"]):
+            names = [t for t in tiles_of[frame["episode"]] if t in frame.get("points", {})]
+            if frame["step"] != 0 or len(names) < 1:
+                continue
+            fine = np.pad(np.asarray(s8[i], np.float32).reshape(c8, g8, g8), ((0, 0), (1, 1), (1, 1)))
+            mid = np.asarray(ft[i, : c16 * g16 * g16], np.float32).reshape(c16, g16, g16)
+            for name in names:
+                x, y = frame["points"][name]
+                r, c = min(y * g8 // 256, g8 - 1), min(x * g8 // 256, g8 - 1)
+                out["name"].append(name)
+                out["cell"].append(fine[:, r + 1, c + 1])
+                neighbourhood = fine[:, r : r + 3, c : c + 3].reshape(-1)
+                out["context"].append(np.concatenate([neighbourhood, mid[:, y * g16 // 256, x * g16 // 256]]))
+    return out
+
+
+def linear_probe(x: np.ndarray, labels: list[str], steps: int = 400) -> dict:
+    """Held-out accuracy of a linear classifier, and the two-tile choice it implies."""
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    x = torch.tensor(x)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = order[: int(0.8 * len(y))], order[int(0.8 * len(y)) :]
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-4
+    x = (x - mu) / sd
+    head = torch.nn.Linear(x.shape[1], len(classes))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(x[train]), y[train]).backward()
+        opt.step()
+    with torch.no_grad():
+        logits = head(x)
+    held_out = float((logits[test].argmax(1) == y[test]).float().mean())
+    # Two tiles: the named class's logit at a held-out tile of that class against the same logit at
+    # a random held-out tile of another class (the pair need not share a scene).
+    rng = np.random.default_rng(0)
+    wins = []
+    test_list = test.tolist()
+    for i in test_list:
+        j = test_list[int(rng.integers(len(test_list)))]
+        if y[j] == y[i]:
+            continue
+        wins.append(bool(logits[i, y[i]] > logits[j, y[i]]))
+    return {
+        "tiles": len(y),
+        "classes": len(classes),
+        "chance": round(1 / len(classes), 3),
+        "held_out": round(held_out, 3),
+        "two_tiles": round(float(np.mean(wins)), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--shards", type=int, default=None, help="use only the first N shards")
+    parser.add_argument("--steps", type=int, default=400)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    found = tile_features(args.data, args.shards)
+    names = np.array(found["name"])
+    report = {}
+    for kind, mask in (("numbers", np.char.isdigit(names)), ("symbols", ~np.char.isdigit(names))):
+        if mask.sum() < 20:
+            report[kind] = None
+            continue
+        labels = names[mask].tolist()
+        report[kind] = {
+            f"{what} ({np.asarray(found[what][0]).size} features)": linear_probe(
+                np.asarray(found[what], np.float32)[mask], labels, args.steps
+            )
+            for what in ("cell", "context")
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
