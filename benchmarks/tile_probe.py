@@ -52,7 +52,7 @@ def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list
         tiles_of = {e["id"]: list(e["task"]["tiles"]) for e in meta["episodes"]}
         for i, frame in enumerate(meta["frames"]):
             names = [t for t in tiles_of[frame["episode"]] if t in frame.get("points", {})]
-            if frame["step"] != 0 or len(names) < 1:
+            if frame["step"] != 0 or not names:
                 continue
             fine = np.pad(np.asarray(s8[i], np.float32).reshape(c8, g8, g8), ((0, 0), (1, 1), (1, 1)))
             mid = np.asarray(ft[i, : c16 * g16 * g16], np.float32).reshape(c16, g16, g16)
@@ -112,6 +112,7 @@ def main() -> None:
     torch.manual_seed(0)
     found = tile_features(args.data, args.shards)
     names = np.array(found["name"])
+    inputs = {what: np.asarray(found[what], np.float32) for what in ("cell", "context")}
     report = {}
     for kind, mask in (("numbers", np.char.isdigit(names)), ("symbols", ~np.char.isdigit(names))):
         if mask.sum() < 20:
@@ -119,10 +120,8 @@ def main() -> None:
             continue
         labels = names[mask].tolist()
         report[kind] = {
-            f"{what} ({np.asarray(found[what][0]).size} features)": linear_probe(
-                np.asarray(found[what], np.float32)[mask], labels, args.steps
-            )
-            for what in ("cell", "context")
+            f"{what} ({x.shape[1]} features)": linear_probe(x[mask], labels, args.steps)
+            for what, x in inputs.items()
         }
     print(json.dumps(report))
 
