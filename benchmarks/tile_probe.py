@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from rt2_cot.data import dataset  # noqa: E402
 from rt2_cot.data import format as fmt  # noqa: E402
+from rt2_cot.errors import ConfigError  # noqa: E402
 from rt2_cot.model.configuration_rt2_cot_mini import STRIDE8_MAP, STRIDE16_MAP  # noqa: E402
 
 
@@ -43,10 +44,14 @@ def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list
     c8, g8 = STRIDE8_MAP
     c16, g16 = STRIDE16_MAP
     out: dict[str, list] = {"name": [], "cell": [], "context": []}
-    for path in fmt.shard_paths(folder)[:max_shards]:
+    try:
+        paths = fmt.shard_paths(folder)[:max_shards]
+    except ConfigError as exc:
+        raise SystemExit(f"tile_probe: {exc}") from None
+    for path in paths:
         s8_path, ft_path = dataset.stride8_path(path), dataset.features_path(path)
         if not (s8_path.exists() and ft_path.exists()):
-            raise SystemExit(f"{path.name}: no feature caches; train a stride-8 model on {folder} first")
+            raise SystemExit(f"tile_probe: {path.name}: no feature caches; train a stride-8 model on {folder} first")
         meta = json.loads(path.with_suffix(".json").read_text())
         s8, ft = np.load(s8_path, mmap_mode="r"), np.load(ft_path, mmap_mode="r")
         tiles_of = {e["id"]: list(e["task"]["tiles"]) for e in meta["episodes"]}
