@@ -51,7 +51,9 @@ def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list
     for path in paths:
         s8_path, ft_path = dataset.stride8_path(path), dataset.features_path(path)
         if not (s8_path.exists() and ft_path.exists()):
-            raise SystemExit(f"tile_probe: {path.name}: no feature caches; train a stride-8 model on {folder} first")
+            raise SystemExit(
+                f"tile_probe: {path.name}: no feature caches; train a stride-8 model on {folder} first"
+            )
         meta = json.loads(path.with_suffix(".json").read_text())
         s8, ft = np.load(s8_path, mmap_mode="r"), np.load(ft_path, mmap_mode="r")
         tiles_of = {e["id"]: list(e["task"]["tiles"]) for e in meta["episodes"]}
