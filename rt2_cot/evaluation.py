@@ -492,14 +492,15 @@ def _image_point(sim: Any, name: str) -> tuple[float, float] | None:
     return None if point is None else (float(point[0]), float(point[1]))
 
 
-def _point_error(plan: str, true_point: tuple[float, float] | None) -> float | None:
-    """Distance from the plan's first image point to the true one; None when either is missing."""
+def _point_error(plan: str, true_point: tuple[float, float] | None, which: int = 0) -> float | None:
+    """Distance from the plan's `which`-th image point (0: the target's, 1: the reference's, as
+    `ground_plan` writes them) to the true one; None when either is missing."""
     from rt2_cot.data.grounding import plan_points
 
     points = plan_points(plan)
-    if not points or true_point is None:
+    if len(points) <= which or true_point is None:
         return None
-    _name, x, y = points[0]
+    _name, x, y = points[which]
     return round(math.hypot(x - true_point[0], y - true_point[1]), 2)
 
 
@@ -531,6 +532,9 @@ class EpisodeResult:
     # Grounded plans ("pick up the apple at 30 41"): distance from the plan's first point to the
     # target's true image position at the start, in the plan's 0..255 units. None: no point given.
     plan_point_error: float | None = None
+    # The same for the plan's second point, the reference ("near the red ball at X Y", "on the number
+    # 7 at X Y"): where the object is to be put down. None for lifts and plans without it.
+    plan_reference_error: float | None = None
     grade: bool | None = None
     note: str = ""
     error: str = ""
@@ -570,10 +574,14 @@ def _summary(results: Sequence[EpisodeResult]) -> dict[str, Any]:
         "valid_action_rate": _rate(sum(r.valid_steps for r in results), steps),
         "mean_steps": _rate(steps, len(results)),
         "mean_step_ms": _rate(sum(r.mean_step_ms * r.steps for r in results), steps),
-        "plan_point_error": _rate(sum(errors), len(errors))
-        if (errors := [r.plan_point_error for r in results if r.plan_point_error is not None])
-        else None,
+        "plan_point_error": _mean_of([r.plan_point_error for r in results]),
+        "plan_reference_error": _mean_of([r.plan_reference_error for r in results]),
     }
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return _rate(sum(known), len(known))
 
 
 @dataclass
@@ -655,6 +663,7 @@ class EvalReport:
             "valid_action_rate": s["valid_action_rate"],
             "mean_steps": s["mean_steps"],
             "plan_point_error": s["plan_point_error"],
+            "plan_reference_error": s["plan_reference_error"],
             "by_category": self.by_category(),
             "by_split": self.by_split(),
             "stopped": self.stopped,
@@ -723,6 +732,7 @@ class EvalReport:
             "valid_steps",
             "plan_step_accuracy",
             "plan_point_error",
+            "plan_reference_error",
             "mean_step_ms",
             "ttft_ms",
             "error",
@@ -760,6 +770,11 @@ class EvalReport:
             + (
                 f", plan points {s['plan_point_error']:.1f} units (of 256) from the target"
                 if s.get("plan_point_error") is not None
+                else ""
+            )
+            + (
+                f" and {s['plan_reference_error']:.1f} from the reference"
+                if s.get("plan_reference_error") is not None
                 else ""
             ),
             "",
@@ -1095,10 +1110,12 @@ class SuiteRun:
             self.on_case_start(case, episode)
             if self._stop.is_set():  # stopped while the operator was setting the scene up
                 return None
-        target_point = None
+        target_point = reference_point = None
         if not self.manual:
             sim.reset(tasks[case.id], seed=scene_seed)
             target_point = _image_point(sim, tasks[case.id].target)
+            if tasks[case.id].goal in ("near", "on") and tasks[case.id].reference:
+                reference_point = _image_point(sim, tasks[case.id].reference)
             # A watchdog hold latches the sim arm until it is homed; every episode starts fresh.
             home = getattr(arm, "home", None)
             if home is not None:
@@ -1153,6 +1170,7 @@ class SuiteRun:
             plan_correct=plan_names_object(first_plan, case.expected_plan_object),
             plan_step_accuracy=round(step_acc, 4),
             plan_point_error=_point_error(first_plan, target_point),
+            plan_reference_error=_point_error(first_plan, reference_point, which=1),
             mean_step_ms=round(sum(collector.step_ms) / len(collector.step_ms), 2)
             if collector.step_ms
             else 0.0,

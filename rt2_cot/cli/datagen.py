@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "one scene per frame, ~19x the layouts per frame of full episodes",
     )
     parser.add_argument(
+        "--point-at-every-tile",
+        action="store_true",
+        help="every questioned frame also asks where each tile is ('where is the number 7'), not only "
+        "where one random item is",
+    )
+    parser.add_argument(
         "--families",
         nargs="+",
         metavar="FAMILY",
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         random_start=args.random_start,
         start_frames_only=args.start_frames_only,
         families=tuple(args.families or ()),
+        point_at_every_tile=args.point_at_every_tile,
         shielded=not args.no_shield,
         driver=args.driver or "",
         driver_episodes=args.driver_episodes if args.driver else 0.0,

@@ -30,7 +30,13 @@ from loguru import logger
 from robot_io.errors import RobotIOError
 from rt2_cot.action_codec import ActionCodec
 from rt2_cot.data import format as fmt
-from rt2_cot.data.grounding import execute, ground_plan, pointing_questions, scene_points
+from rt2_cot.data.grounding import (
+    execute,
+    ground_plan,
+    pointing_questions,
+    scene_points,
+    tile_pointing_questions,
+)
 from rt2_cot.model.processing_rt2_cot_mini import resize_image
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -89,6 +95,12 @@ class DatagenConfig:
     # object right 100% of the time when the words name it and 0-58% when only the image can
     # (smallest, closest to, arithmetic, which can is the drink): `--families` aims new scenes there.
     families: tuple[str, ...] = ()
+    # Point at every tile: each questioned frame also asks "where is the number 7" / "where is the
+    # star" for every tile on the table, not only for the one random item `pointing_questions`
+    # picks. Session 12's checkpoint wrote number tiles' points 40-50 units (of 256) from the tile
+    # in rt2_core's episodes (objects: 3-7), and a linear probe on the frozen features reads the
+    # digit (benchmarks/tile_probe.py): the model was rarely asked to tell tiles apart.
+    point_at_every_tile: bool = False
     # DAgger (Ross et al., 2011): in this fraction of episodes a trained model (`driver`, a checkpoint
     # folder or "builtin") acts, with its own chain-of-thought plans, through the same shield as the
     # console; each visited frame is still labelled with the oracle's plan and command. Oracle data
@@ -447,6 +459,8 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
             point_rng = np.random.default_rng([ep_seed, 11])
             for f in sorted({q["frame"] for q in questions}):
                 vl.extend(pointing_questions(result["points"][f - base], f, point_rng))
+                if cfg.point_at_every_tile:
+                    vl.extend(tile_pointing_questions(result["points"][f - base], result["tiles"], f))
         vl.extend(
             {"frame": int(rng.integers(len(images))), "question": q, "answer": a, "kind": kd}
             for q, a, kd in text_questions(rng, max(1, len(episodes) * 2))

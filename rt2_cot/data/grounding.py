@@ -132,6 +132,21 @@ def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: in
     return out
 
 
+def tile_pointing_questions(points: dict, tiles: list, frame: int) -> list[dict]:
+    """'where is the number 7' / 'where is the star' for every tile (robot_io.sim.scene.Tile) on the
+    table, in `points`' 0..255 image units: the question a plan's "on the number 7 at X Y" needs."""
+    out = []
+    for tile in tiles:
+        if tile.name not in points:
+            continue
+        label = f"number {tile.name}" if tile.kind == "number" else tile.name
+        x, y = points[tile.name]
+        out.append(
+            {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Backfill for shards written before datagen recorded points
 # ---------------------------------------------------------------------------------------------

@@ -248,6 +248,41 @@ def test_families_limits_the_tasks_sampled(tmp_path):
     assert len(families) == 6 and set(families) == {"smallest", "closest_to"}
 
 
+def test_point_at_every_tile_asks_where_each_tile_is(tmp_path):
+    """--point-at-every-tile: every tile of a questioned frame gets 'where is the number 7' with its
+    true point; without it, at most one non-gripper item per frame is asked about."""
+
+    def tile_questions(every: bool) -> tuple[list, list]:
+        cfg = DatagenConfig(
+            episodes=4,
+            seed=5,
+            episodes_per_shard=4,
+            start_frames_only=True,
+            families=("place_on_number", "place_on_symbol"),
+            point_at_every_tile=every,
+        )
+        out = tmp_path / str(every)
+        generate(out, cfg)
+        shard = fmt.read_shard(fmt.shard_paths(out)[0])
+        return shard.meta, [q for q in shard.meta["vl"] if q["kind"] == "pointing"]
+
+    meta, asked = tile_questions(True)
+    for ep, frame in zip(meta["episodes"], meta["frames"], strict=True):
+        tiles = ep["task"]["tiles"]
+        assert len(tiles) >= 2
+        for name in tiles:
+            label = f"number {name}" if name.isdigit() else name
+            x, y = frame["points"][name]
+            assert {
+                "frame": ep["id"],
+                "question": f"where is the {label}",
+                "answer": f"{x} {y}",
+                "kind": "pointing",
+            } in asked
+    _meta, plain = tile_questions(False)
+    assert len(plain) <= 2 * 4 < len(asked)  # the gripper and one random item per frame
+
+
 def test_datagen_cli_rejects_an_unknown_family(tmp_path):
     result = subprocess.run(
         [

@@ -102,6 +102,7 @@ def test_report_numbers_per_run_category_and_split():
         "mean_steps": 10.0,
         "mean_step_ms": 0.0,
         "plan_point_error": None,
+        "plan_reference_error": None,
     }
     assert d["by_category"]["reasoning"]["success_rate"] == 0.0
     assert d["by_split"]["heldout_phrasing"]["episodes"] == 1
@@ -305,6 +306,47 @@ def test_plan_point_error_measures_how_far_a_grounded_plan_points_from_the_targe
         load_suite(SMOKE), lambda sim: HoldStill(), seed=0, max_steps=2, rig=rig, shield=_shield(rig[1])
     )
     assert plain.summary()["plan_point_error"] is None
+
+
+class PointsAtBoth(PointsAt):
+    """Names the target at its true spot and the goal (object or tile) `offset` units below its own."""
+
+    name = "points-at-both"
+
+    def reset(self, instruction: str) -> None:
+        from rt2_cot.data.grounding import scene_points
+
+        points = scene_points(self.sim, 320, 240)
+        self.target, self.reference = points[self.sim.task.target], points.get(self.sim.task.reference)
+
+    def step(self, observation, on_event=None) -> PolicyOutput:
+        task = self.sim.task
+        plan = f"move the {task.target} at {self.target[0]} {self.target[1]}"
+        if self.reference is not None:
+            label = f"number {task.reference}" if task.reference.isdigit() else task.reference
+            plan += f" near the {label} at {self.reference[0]} {self.reference[1] + self.offset}"
+        cmd = EndEffectorCommand.hold(observation.arm.gripper)
+        return PolicyOutput(command=cmd, tokens=(0, 128, 128, 128, 128, 128, 128, 255), plan=plan)
+
+
+def test_plan_reference_error_measures_the_plans_point_for_where_to_put_the_object(rig):
+    report = run_suite(
+        load_suite(SMOKE),
+        lambda sim: PointsAtBoth(sim, 9),
+        seed=0,
+        max_steps=2,
+        rig=rig,
+        shield=_shield(rig[1]),
+    )
+    assert {r.plan_reference_error for r in report.results if "lifted" in r.criterion} == {None}
+    placed = [r for r in report.results if "lifted" not in r.criterion]
+    assert len(placed) == 3  # near an object, on a symbol, on a sum
+    assert all(r.plan_reference_error == pytest.approx(9, abs=1.5) for r in placed)
+    assert all(r.plan_point_error == pytest.approx(0, abs=1.5) for r in placed)
+    assert report.summary()["plan_reference_error"] == pytest.approx(9, abs=1.5)
+    assert report.to_dict()["plan_reference_error"] == report.summary()["plan_reference_error"]
+    assert "from the reference" in report.to_markdown()
+    assert "plan_reference_error" in report.to_csv().splitlines()[0]
 
 
 def test_unparseable_output_moves_nothing_and_counts_as_invalid(rig):
