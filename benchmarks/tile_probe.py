@@ -13,7 +13,13 @@ and that cell's 3x3 neighbourhood plus the stride-16 cell (472). `two_tiles` is 
 model fails: is the named class's logit higher at a tile of that class than at a tile of another
 class (0.5 is a coin toss).
 
+With `--checkpoint`, a third input: that checkpoint's own image token for the tile's cell (the
+projector's output, 384), which is all its pointer readout compares the words with (its keys are a
+linear map of these tokens). If the frozen features name the digit and the model's tokens do not,
+the projector has not learned to keep it.
+
     python benchmarks/tile_probe.py --data data/episodes-v12
+    python benchmarks/tile_probe.py --data data/tiles --shards 16 --checkpoint checkpoints/rt2-cot-mini
 
 Needs shards with `points` and both feature caches (`.features.v2.npy`, `.s8.v2.npy`), which
 training writes for a stride-8 model such as the built-in one. Prints one JSON object.
@@ -39,11 +45,14 @@ from rt2_cot.errors import ConfigError  # noqa: E402
 from rt2_cot.model.configuration_rt2_cot_mini import STRIDE8_MAP, STRIDE16_MAP  # noqa: E402
 
 
-def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list]:
-    """Per tile on an episode's first frame: its name and the two inputs."""
+def tile_features(folder: Path, max_shards: int | None = None, model=None) -> dict[str, list]:
+    """Per tile on an episode's first frame: its name and the two inputs (three with a `model`: its
+    image token for the tile's cell)."""
     c8, g8 = STRIDE8_MAP
     c16, g16 = STRIDE16_MAP
     out: dict[str, list] = {"name": [], "cell": [], "context": []}
+    if model is not None:
+        out["model token"] = []
     try:
         paths = fmt.shard_paths(folder)[:max_shards]
     except ConfigError as exc:
@@ -63,6 +72,7 @@ def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list
                 continue
             fine = np.pad(np.asarray(s8[i], np.float32).reshape(c8, g8, g8), ((0, 0), (1, 1), (1, 1)))
             mid = np.asarray(ft[i, : c16 * g16 * g16], np.float32).reshape(c16, g16, g16)
+            tokens = None if model is None else model_tokens(model, s8[i], ft[i])
             for name in names:
                 x, y = frame["points"][name]
                 r, c = min(y * g8 // 256, g8 - 1), min(x * g8 // 256, g8 - 1)
@@ -70,7 +80,26 @@ def tile_features(folder: Path, max_shards: int | None = None) -> dict[str, list
                 out["cell"].append(fine[:, r + 1, c + 1])
                 neighbourhood = fine[:, r : r + 3, c : c + 3].reshape(-1)
                 out["context"].append(np.concatenate([neighbourhood, mid[:, y * g16 // 256, x * g16 // 256]]))
+                if tokens is not None:
+                    grid = model.config.vision_grid
+                    out["model token"].append(
+                        tokens[min(y * grid // 256, grid - 1) * grid + min(x * grid // 256, grid - 1)]
+                    )
     return out
+
+
+def model_tokens(model, s8_row: np.ndarray, features_row: np.ndarray) -> np.ndarray:
+    """A checkpoint's image tokens (grid*grid, hidden) for one frame's cached frozen maps, row-major."""
+    from rt2_cot.data.dataset import unpack_maps
+    from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
+
+    c8, g8 = STRIDE8_MAP
+    with torch.no_grad():
+        maps = list(unpack_maps(torch.from_numpy(np.asarray(features_row))[None]))
+        if model.config.vision_stride8:
+            maps.insert(0, torch.from_numpy(np.asarray(s8_row, np.float32)).view(1, c8, g8, g8))
+        features = FrozenEfficientNetLite0.combine(maps, model.config.vision_grid)
+        return model.encode_image(features=features)[0].numpy()
 
 
 def linear_probe(x: np.ndarray, labels: list[str], steps: int = 400) -> dict:
@@ -115,11 +144,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--shards", type=int, default=None, help="use only the first N shards")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--checkpoint", help="also probe this rt2-cot-mini checkpoint's own image tokens")
     args = parser.parse_args()
     torch.manual_seed(0)
-    found = tile_features(args.data, args.shards)
+    model = None
+    if args.checkpoint:
+        from transformers import AutoModelForImageTextToText
+
+        import rt2_cot.model  # noqa: F401  (registers the Auto classes)
+
+        model = AutoModelForImageTextToText.from_pretrained(args.checkpoint).eval()
+    found = tile_features(args.data, args.shards, model)
     names = np.array(found["name"])
-    inputs = {what: np.asarray(found[what], np.float32) for what in ("cell", "context")}
+    inputs = {what: np.asarray(values, np.float32) for what, values in found.items() if what != "name"}
     report = {}
     for kind, mask in (("numbers", np.char.isdigit(names)), ("symbols", ~np.char.isdigit(names))):
         if mask.sum() < 20:
