@@ -493,11 +493,12 @@ def _image_point(sim: Any, name: str) -> tuple[float, float] | None:
 
 
 def _point_error(plan: str, true_point: tuple[float, float] | None, which: int = 0) -> float | None:
-    """Distance from the plan's `which`-th image point (0: the target's, 1: the reference's, as
-    `ground_plan` writes them) to the true one; None when either is missing."""
-    from rt2_cot.data.grounding import plan_points
+    """Distance from the plan's `which`-th image point of an object or tile (0: the target's, 1: the
+    reference's, as `ground_plan` writes them; the gripper's point is skipped) to the true one; None
+    when either is missing."""
+    from rt2_cot.data.grounding import GRIPPER, plan_points
 
-    points = plan_points(plan)
+    points = [p for p in plan_points(plan) if p[0] != GRIPPER]
     if len(points) <= which or true_point is None:
         return None
     _name, x, y = points[which]

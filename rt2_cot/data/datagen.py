@@ -98,8 +98,9 @@ class DatagenConfig:
     # Point at every tile: each questioned frame also asks "where is the number 7" / "where is the
     # star" for every tile on the table, not only for the one random item `pointing_questions`
     # picks. Session 12's checkpoint wrote number tiles' points 40-50 units (of 256) from the tile
-    # in rt2_core's episodes (objects: 3-7), and a linear probe on the frozen features reads the
-    # digit (benchmarks/tile_probe.py): the model was rarely asked to tell tiles apart.
+    # in rt2_core's episodes (objects as references: 5-7), though a linear probe on the frozen
+    # features reads the digit (benchmarks/tile_probe.py). Session 13 trained on such frames: the
+    # plans' points improved, digits did not (model card).
     point_at_every_tile: bool = False
     # DAgger (Ross et al., 2011): in this fraction of episodes a trained model (`driver`, a checkpoint
     # folder or "builtin") acts, with its own chain-of-thought plans, through the same shield as the

@@ -349,6 +349,16 @@ def test_plan_reference_error_measures_the_plans_point_for_where_to_put_the_obje
     assert "plan_reference_error" in report.to_csv().splitlines()[0]
 
 
+def test_point_errors_skip_the_grippers_point():
+    from rt2_cot.evaluation import _point_error
+
+    plan = "move the apple at 30 41 near the red ball at 200 97 with the gripper at 128 78"
+    assert _point_error(plan, (30, 41)) == 0
+    assert _point_error(plan, (200, 100), which=1) == 3
+    # A plan that leaves out where the reference is has no reference error, not the gripper's.
+    assert _point_error("move the apple at 30 41 with the gripper at 128 78", (128, 78), which=1) is None
+
+
 def test_unparseable_output_moves_nothing_and_counts_as_invalid(rig):
     report = run_suite(
         load_suite(SMOKE), lambda sim: Babble(), seed=0, max_steps=5, rig=rig, shield=_shield(rig[1])
