@@ -54,6 +54,13 @@ class TrainConfig:
     # scored like `soft_points`). New parameters; a warm start from a run without one starts them fresh.
     pointer_readout: bool = False
     pointer_aux_weight: float = 1.0  # its direct role + point targets (pointer_supervision)
+    # Name what lies in each image cell: a linear head on the image tokens (the projector's output,
+    # of which the pointer's keys are a linear map) is trained to name the object or tile whose
+    # point falls in that cell, from the points datagen records. Session 13: the frozen features
+    # name 71% of digits under a tile, session 12's image tokens 38% (benchmarks/tile_probe.py
+    # --checkpoint), and questions that only the digit answers did not bring it back. The head is
+    # for training only: exported checkpoints do not carry it. 0: off.
+    cell_name_weight: float = 0.0
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -215,6 +222,14 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
         pointer_loss, pointer_parts = pointer_supervision(model, h, pointer_keys, batch, targets)
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
+    if batch.cells is not None and getattr(model, "cell_head", None) is not None:
+        known = batch.cells != -100
+        if bool(known.any()):
+            cell_logits = model.cell_head(model.encode_image(features=batch.features))[known]
+            cell_loss = F.cross_entropy(cell_logits.float(), batch.cells[known])
+            loss = loss + cfg.cell_name_weight * cell_loss
+            parts["cell_name_loss"] = float(cell_loss.detach())
+            parts["cell_name_acc"] = float((cell_logits.argmax(-1) == batch.cells[known]).float().mean())
     parts["loss"] = float(loss.detach())
     return loss, parts
 
@@ -385,7 +400,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
             continue
         if p.ndim < 2 or "norm" in name:
             no_decay.append(p)
-        elif name.startswith(("projector.", "pointer.")) or cfg.init == "random":
+        elif name.startswith(("projector.", "pointer.", "cell_head.")) or cfg.init == "random":
             new.append(p)
         else:
             pretrained.append(p)
@@ -469,6 +484,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             position_state=cfg.position_in_prompt,
             gripper_motion=cfg.gripper_motion_in_prompt,
             drop_driven_reopens=cfg.drop_driven_reopens,
+            cell_names=cfg.cell_name_weight > 0,
         )
 
     data = robot_data(cfg.data)
@@ -494,6 +510,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         try:
             missing, unexpected = model.load_state_dict(warm["model"], strict=False)
             missing = [k for k in missing if not k.startswith("vision.")]  # frozen, loaded from its package
+            unexpected = [k for k in unexpected if not k.startswith("cell_head.")]  # a training aid
             if cfg.pointer_readout and not any(k.startswith("pointer.") for k in warm["model"]):
                 logger.info(f"init_from {cfg.init_from} has no pointer readout: it starts fresh")
                 missing = [k for k in missing if not k.startswith("pointer.")]
@@ -505,6 +522,11 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                 f"and vision_*): {str(exc)[:300]}"
             ) from None
         logger.info(f"warm start from {cfg.init_from} (its step {warm['step']})")
+    if cfg.cell_name_weight > 0:
+        if not data.cell_vocab:
+            raise ConfigError("cell_name_weight needs frames that record points (datagen since session 5)")
+        model.cell_head = torch.nn.Linear(model.config.hidden_size, len(data.cell_vocab))
+        logger.info(f"cell names: {len(data.cell_vocab)} object and tile names")
     data.load_features(model)
     if cfg.val_data:
         val = robot_data(cfg.val_data)
@@ -641,6 +663,8 @@ def export_checkpoint(model, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     half = copy.deepcopy(model).half().eval()
+    if getattr(half, "cell_head", None) is not None:
+        del half.cell_head  # a training aid (TrainConfig.cell_name_weight), not part of the model
     half.save_pretrained(folder)
     Rt2CotMiniProcessor(load_tokenizer()).save_pretrained(folder)
     logger.info(f"checkpoint written to {folder}")

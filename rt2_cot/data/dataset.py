@@ -39,6 +39,9 @@ class Batch:
     labels: torch.Tensor  # (B, T) the token to predict *at* each position (already shifted), -100 = none
     roles: torch.Tensor  # (B, T) TEXT / action dimension of that label
     kinds: list[str] = field(default_factory=list)
+    # (B, num_image_tokens): which scene item lies in each image cell, an index into
+    # RobotData.cell_vocab; -100 where none or more than one does (RobotData `cell_names`).
+    cells: torch.Tensor | None = None
 
 
 class TextCache:
@@ -86,6 +89,7 @@ class RobotData:
         position_state: bool = False,
         gripper_motion: bool = False,
         drop_driven_reopens: bool = False,
+        cell_names: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
@@ -100,7 +104,9 @@ class RobotData:
         both, `rt2-cot datagen --add-state` adds them to older shards; frames without what the
         prompt needs are left out. `drop_driven_reopens`: leave out DAgger frames (datagen
         `--driver`) where the model had just asked to close and the oracle's label opens again
-        (see TrainConfig.drop_driven_reopens)."""
+        (see TrainConfig.drop_driven_reopens). `cell_names`: batches also carry which object or tile
+        lies in each image cell (`Batch.cells`, from the points datagen records; see
+        TrainConfig.cell_name_weight)."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
         from rt2_cot.prompts import position_bins
 
@@ -150,6 +156,10 @@ class RobotData:
                         "executed_gripper_command": fr.get("gripper_command", _UNRECORDED),
                     }
                 )
+                if cell_names:
+                    self.frames[-1]["items"] = [
+                        (name, xy[0], xy[1]) for name, xy in fr.get("points", {}).items() if name != "gripper"
+                    ]
             for q in shard.meta.get("vl", []):
                 if q.get("kind") == "pointing" and not grounded:
                     continue
@@ -178,6 +188,8 @@ class RobotData:
                     f"the prompt states the arm's {' and '.join(needed)} but no frame records it; add "
                     f"it with `rt2-cot datagen --out DIR --add-state` ({', '.join(map(str, folders))})"
                 )
+        # Every object and tile name seen in a frame, in a fixed order (a resumed run gets the same).
+        self.cell_vocab = sorted({n for f in self.frames for n, _, _ in f.get("items", ())})
         keep = {i for i, f in enumerate(self.frames) if f["split"] in splits}
         self.robot_frames = np.array(sorted(keep), dtype=np.int64)
         self.vl = [v for v in self.vl if v[0] in keep]
@@ -221,6 +233,23 @@ class RobotData:
         if self.vision_stride8:
             maps.insert(0, self.features_s8[frames].float().view(len(frames), 40, 16, 16))
         return FrozenEfficientNetLite0.combine(maps, self.vision_grid)
+
+    def cell_labels(self, frames: list[int]) -> torch.Tensor:
+        """(B, grid*grid) index into `cell_vocab` of the one item whose image point lies in each cell
+        (row-major, as the image tokens), -100 for cells with none or several."""
+        g = self.vision_grid
+        labels = torch.full((len(frames), g * g), -100, dtype=torch.long)
+        index = {n: i for i, n in enumerate(self.cell_vocab)}
+        for b, frame in enumerate(frames):
+            count: dict[int, int] = {}
+            for name, x, y in self.frames[frame].get("items", ()):
+                cell = min(int(y) * g // 256, g - 1) * g + min(int(x) * g // 256, g - 1)
+                count[cell] = count.get(cell, 0) + 1
+                labels[b, cell] = index[name]
+            for cell, n in count.items():
+                if n > 1:
+                    labels[b, cell] = -100
+        return labels
 
     # -- examples ---------------------------------------------------------------------------------
     def _points_marked(self, target: list[int], roles: list[int]) -> list[int]:
@@ -328,8 +357,14 @@ class RobotData:
             start = len(e.prompt) - 1
             labels[b, start : start + len(e.target)] = torch.tensor(e.target)
             roles[b, start : start + len(e.target)] = torch.tensor(e.roles)
+        frames = [e.frame for e in examples]
         return Batch(
-            self.batch_features([e.frame for e in examples]), ids, labels, roles, [e.kind for e in examples]
+            self.batch_features(frames),
+            ids,
+            labels,
+            roles,
+            [e.kind for e in examples],
+            self.cell_labels(frames) if self.cell_vocab else None,
         )
 
     def all_target_texts(self) -> list[str]:

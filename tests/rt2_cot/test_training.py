@@ -201,6 +201,55 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         TrainConfig.from_yaml(tmp_path / "a.yaml")
 
 
+def test_cell_names_label_each_image_cell_with_the_one_item_in_it(tmp_path):
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    generate(tmp_path, DatagenConfig(episodes=3, seed=4, episodes_per_shard=3, start_frames_only=True))
+    data = RobotData([tmp_path], load_tokenizer(), grounded=True, cell_names=True)
+    data.vision_grid = 8
+    labels = data.cell_labels([0, 1, 2])
+    assert labels.shape == (3, 64)
+    for b in range(3):
+        items = data.frames[b]["items"]
+        cells = [min(y * 8 // 256, 7) * 8 + min(x * 8 // 256, 7) for _, x, y in items]
+        for (name, _, _), cell in zip(items, cells, strict=True):
+            expected = data.cell_vocab.index(name) if cells.count(cell) == 1 else -100
+            assert int(labels[b, cell]) == expected
+        assert int((labels[b] != -100).sum()) == sum(cells.count(c) == 1 for c in set(cells)) > 0
+    assert "gripper" not in data.cell_vocab and len(data.cell_vocab) >= 2
+    assert RobotData([tmp_path], load_tokenizer(), grounded=True).cell_vocab == []  # off by default
+
+
+def test_cell_name_loss_trains_a_head_the_exported_checkpoint_does_not_carry(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    generate(data, DatagenConfig(episodes=4, seed=12, episodes_per_shard=4))
+    cfg = replace(
+        TrainConfig.from_yaml(REPO / "configs" / "smoke.yaml"),
+        data=[str(data)],
+        cell_name_weight=1.0,
+        steps=30,
+    )
+    summary = train(cfg, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    named = [x["cell_name_loss"] for x in lines if "cell_name_loss" in x]
+    assert len(named) >= 3 and named[-1] < named[0], named
+    assert summary["steps"] == 30
+    exported = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    assert exported and not any(k.startswith("cell_head.") for k in exported)
+    state = torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=False)
+    assert any(k.startswith("cell_head.") for k in state["model"])  # kept for resuming
+    # A later phase without the head starts from this run (its head is left behind).
+    after = train(
+        replace(cfg, cell_name_weight=0.0, steps=2, init_from=str(tmp_path / "run")), tmp_path / "next"
+    )
+    assert after["steps"] == 2
+
+
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
     """`data_mix`: a folder with few frames still gets its share of the robot examples."""
     import numpy as np
