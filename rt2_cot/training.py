@@ -222,7 +222,7 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
         pointer_loss, pointer_parts = pointer_supervision(model, h, pointer_keys, batch, targets)
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
-    if batch.cells is not None and getattr(model, "cell_head", None) is not None:
+    if getattr(model, "cell_head", None) is not None and batch.cells is not None:
         known = batch.cells != -100
         if bool(known.any()):
             cell_logits = model.cell_head(model.encode_image(features=batch.features))[known]
