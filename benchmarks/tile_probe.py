@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from rt2_cot.data import dataset  # noqa: E402
 from rt2_cot.data import format as fmt  # noqa: E402
+from rt2_cot.data.grounding import image_cell  # noqa: E402
 from rt2_cot.errors import ConfigError  # noqa: E402
 from rt2_cot.model.configuration_rt2_cot_mini import STRIDE8_MAP, STRIDE16_MAP  # noqa: E402
 
@@ -81,24 +82,16 @@ def tile_features(folder: Path, max_shards: int | None = None, model=None) -> di
                 neighbourhood = fine[:, r : r + 3, c : c + 3].reshape(-1)
                 out["context"].append(np.concatenate([neighbourhood, mid[:, y * g16 // 256, x * g16 // 256]]))
                 if tokens is not None:
-                    grid = model.config.vision_grid
-                    out["model token"].append(
-                        tokens[min(y * grid // 256, grid - 1) * grid + min(x * grid // 256, grid - 1)]
-                    )
+                    out["model token"].append(tokens[image_cell(x, y, model.config.vision_grid)])
     return out
 
 
 def model_tokens(model, s8_row: np.ndarray, features_row: np.ndarray) -> np.ndarray:
     """A checkpoint's image tokens (grid*grid, hidden) for one frame's cached frozen maps, row-major."""
-    from rt2_cot.data.dataset import unpack_maps
-    from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
-
-    c8, g8 = STRIDE8_MAP
+    s8 = torch.from_numpy(np.asarray(s8_row))[None] if model.config.vision_stride8 else None
+    packed = torch.from_numpy(np.asarray(features_row))[None]
     with torch.no_grad():
-        maps = list(unpack_maps(torch.from_numpy(np.asarray(features_row))[None]))
-        if model.config.vision_stride8:
-            maps.insert(0, torch.from_numpy(np.asarray(s8_row, np.float32)).view(1, c8, g8, g8))
-        features = FrozenEfficientNetLite0.combine(maps, model.config.vision_grid)
+        features = dataset.cached_image_features(packed, s8, model.config.vision_grid)
         return model.encode_image(features=features)[0].numpy()
 
 

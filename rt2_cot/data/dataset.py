@@ -12,6 +12,7 @@ import torch
 from loguru import logger
 
 from rt2_cot.data import format as fmt
+from rt2_cot.data.grounding import GRIPPER
 from rt2_cot.errors import ConfigError
 from rt2_cot.model.configuration_rt2_cot_mini import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
@@ -158,7 +159,7 @@ class RobotData:
                 )
                 if cell_names:
                     self.frames[-1]["items"] = [
-                        (name, xy[0], xy[1]) for name, xy in fr.get("points", {}).items() if name != "gripper"
+                        (name, xy[0], xy[1]) for name, xy in fr.get("points", {}).items() if name != GRIPPER
                     ]
             for q in shard.meta.get("vl", []):
                 if q.get("kind") == "pointing" and not grounded:
@@ -226,24 +227,22 @@ class RobotData:
         self.features_s8 = torch.from_numpy(filled["features_s8"]) if self.vision_stride8 else None
 
     def batch_features(self, frames: list[int]) -> torch.Tensor:
-        from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
-
         assert self.features is not None, "call load_features(model) first"
-        maps = list(unpack_maps(self.features[frames]))
-        if self.vision_stride8:
-            maps.insert(0, self.features_s8[frames].float().view(len(frames), 40, 16, 16))
-        return FrozenEfficientNetLite0.combine(maps, self.vision_grid)
+        s8 = self.features_s8[frames] if self.vision_stride8 else None
+        return cached_image_features(self.features[frames], s8, self.vision_grid)
 
     def cell_labels(self, frames: list[int]) -> torch.Tensor:
         """(B, grid*grid) index into `cell_vocab` of the one item whose image point lies in each cell
         (row-major, as the image tokens), -100 for cells with none or several."""
+        from rt2_cot.data.grounding import image_cell
+
         g = self.vision_grid
         labels = torch.full((len(frames), g * g), -100, dtype=torch.long)
         index = {n: i for i, n in enumerate(self.cell_vocab)}
         for b, frame in enumerate(frames):
             count: dict[int, int] = {}
             for name, x, y in self.frames[frame].get("items", ()):
-                cell = min(int(y) * g // 256, g - 1) * g + min(int(x) * g // 256, g - 1)
+                cell = image_cell(x, y, g)
                 count[cell] = count.get(cell, 0) + 1
                 labels[b, cell] = index[name]
             for cell, n in count.items():
@@ -451,6 +450,17 @@ def precompute_features(folder: Path, model) -> int:
 def pack_maps(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     """(B,112,8,8) + (B,1280,4,4) -> (B, 27648) fp16: 55 KB a frame instead of 178 KB combined."""
     return torch.cat([fine.flatten(1), coarse.flatten(1)], dim=1).half()
+
+
+def cached_image_features(packed: torch.Tensor, s8: torch.Tensor | None, grid: int) -> torch.Tensor:
+    """Cached frozen maps of B frames (`pack_maps` rows, and the stride-8 cache's rows for a stride-8
+    model, else None) -> the model's image features (B, grid*grid, C), as its encoder combines them."""
+    from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
+
+    maps = list(unpack_maps(packed))
+    if s8 is not None:
+        maps.insert(0, s8.float().view(len(packed), 40, 16, 16))
+    return FrozenEfficientNetLite0.combine(maps, grid)
 
 
 def unpack_maps(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

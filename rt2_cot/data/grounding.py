@@ -122,29 +122,26 @@ def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: in
     chosen = [GRIPPER]
     if names and k > 1:
         chosen += [names[int(i)] for i in rng.choice(len(names), size=min(k - 1, len(names)), replace=False)]
-    out = []
-    for name in chosen:
-        label = f"number {name}" if name.isdigit() else name
-        x, y = points[name]
-        out.append(
-            {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
-        )
-    return out
+    return [pointing_question(points, name, frame) for name in chosen]
 
 
 def tile_pointing_questions(points: dict, tiles: list, frame: int) -> list[dict]:
     """'where is the number 7' / 'where is the star' for every tile (robot_io.sim.scene.Tile) on the
-    table, in `points`' 0..255 image units: the question a plan's "on the number 7 at X Y" needs."""
-    out = []
-    for tile in tiles:
-        if tile.name not in points:
-            continue
-        label = f"number {tile.name}" if tile.kind == "number" else tile.name
-        x, y = points[tile.name]
-        out.append(
-            {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
-        )
-    return out
+    table: the question a plan's "on the number 7 at X Y" needs."""
+    return [pointing_question(points, tile.name, frame) for tile in tiles if tile.name in points]
+
+
+def pointing_question(points: dict, name: str, frame: int) -> dict:
+    """'where is the X' about one item of a frame, answered with its point in 0..255 image units."""
+    label = f"number {name}" if name.isdigit() else name
+    x, y = points[name]
+    return {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
+
+
+def image_cell(x: int, y: int, grid: int) -> int:
+    """The row-major index of the grid cell (of `grid` x `grid` over the image, as the model's image
+    tokens lie) that holds the point (x, y) in 0..255 image units."""
+    return min(int(y) * grid // GRID, grid - 1) * grid + min(int(x) * grid // GRID, grid - 1)
 
 
 # ---------------------------------------------------------------------------------------------
