@@ -56,7 +56,7 @@ def serve(options: ConsoleOptions) -> int:
     options.sessions.mkdir(parents=True, exist_ok=True)
     _recover_sessions(options)
     rig = build_rig(options.camera, options.arm)
-    policy = build_policy(options.model, rig, options.replan_every)
+    policy = build_policy(options.model, rig, options.replan_every, options.hold_reference)
     runtime = ConsoleRuntime(
         rig.camera,
         rig.arm,

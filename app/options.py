@@ -32,6 +32,7 @@ class ConsoleOptions:
     rate_hz: float = 10.0
     max_steps: int = 100
     replan_every: int = 1
+    hold_reference: bool = True
     preview_hz: float = 15.0
     seed: int = 0
 
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=100, help="step limit of one Run")
     parser.add_argument(
         "--replan-every", type=int, default=1, help="initial plan reuse: re-plan every N steps"
+    )
+    parser.add_argument(
+        "--hold-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='keep where the plan put each reference ("on the triangle at X Y") at its first reading '
+        "for the whole command (default on; see rt2_cot.vla_policy)",
     )
     parser.add_argument("--preview-hz", type=float, default=15.0, help="live view refresh rate")
     parser.add_argument("--seed", type=int, default=0, help="first simulator scene seed")
@@ -114,6 +122,7 @@ def options_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
         rate_hz=args.rate_hz,
         max_steps=args.max_steps,
         replan_every=args.replan_every,
+        hold_reference=args.hold_reference,
         preview_hz=args.preview_hz,
         seed=args.seed,
     )

@@ -70,8 +70,9 @@ def _connect(device: Any) -> None:
     device.connect()
 
 
-def build_policy(model_spec: str, rig: Rig, replan_every: int) -> Any:
-    """`oracle` (scripted, needs the simulator) or any `--model` spec through `load_backend`."""
+def build_policy(model_spec: str, rig: Rig, replan_every: int, hold_reference: bool = True) -> Any:
+    """`oracle` (scripted, needs the simulator) or any `--model` spec through `load_backend`
+    (`hold_reference`: see rt2_cot.vla_policy)."""
     if model_spec == "oracle":
         if rig.sim is None:
             raise ConfigError("--model oracle needs the simulator: use --camera sim --arm sim")
@@ -82,4 +83,4 @@ def build_policy(model_spec: str, rig: Rig, replan_every: int) -> Any:
     from rt2_cot.vla_policy import VLAPolicy
 
     backend = load_backend(model_spec)
-    return VLAPolicy(backend, replan_every=replan_every)
+    return VLAPolicy(backend, replan_every=replan_every, hold_reference=hold_reference)

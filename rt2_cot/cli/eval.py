@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replan-every", type=int, default=1, help="model policy: write a new plan every N steps (0 = once)"
     )
     parser.add_argument(
+        "--hold-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='model policy: keep where the plan put each reference ("on the triangle at X Y") at its '
+        "first reading for the whole episode (default on; see rt2_cot.vla_policy)",
+    )
+    parser.add_argument(
         "--plan-source",
         default="model",
         choices=["model", "oracle", "oracle-ungrounded"],
@@ -92,7 +99,7 @@ def _policy_factory(args: argparse.Namespace):
 
         grounded = args.plan_source == "oracle"
         return lambda sim: OraclePlanPolicy(backend, sim, grounded=grounded)
-    return lambda _sim: VLAPolicy(backend, replan_every=args.replan_every)
+    return lambda _sim: VLAPolicy(backend, replan_every=args.replan_every, hold_reference=args.hold_reference)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -107,13 +107,30 @@ _LEADS = ("pick up the ", "move the ", "place the ", "near the ", "on the ", "wi
 def plan_points(plan: str) -> list[tuple[str, int, int]]:
     """(name, x, y) for every located thing of a grounded plan, in its 0..255 image units:
     'move the apple at 30 41 near the red ball at 200 97' -> [('apple', 30, 41), ('red ball', 200, 97)]."""
-    out = []
-    for m in _PLAN_POINT.finditer((plan or "").lower()):
-        name = m.group(1).strip()
-        for lead in _LEADS:
-            name = name.split(lead)[-1]
-        out.append((name, int(m.group(2)), int(m.group(3))))
-    return out
+    return [
+        (_point_name(m), int(m.group(2)), int(m.group(3))) for m in _PLAN_POINT.finditer((plan or "").lower())
+    ]
+
+
+def with_point(plan: str, index: int, x: int, y: int) -> str:
+    """The plan with its `index`-th located thing (the gripper's point skipped, as in `plan_points`)
+    moved to `x y`: with_point('move the apple at 30 41 near the red ball at 200 97', 1, 190, 99) ->
+    'move the apple at 30 41 near the red ball at 190 99'. An index past the last point changes nothing."""
+    text = plan or ""
+    if len(text.lower()) != len(text):  # match offsets must index the text they were found in
+        text = text.lower()
+    located = [m for m in _PLAN_POINT.finditer(text.lower()) if _point_name(m) != GRIPPER]
+    if not 0 <= index < len(located):
+        return plan
+    m = located[index]
+    return f"{text[: m.start(2)]}{int(x)} {int(y)}{text[m.end(3) :]}"
+
+
+def _point_name(m: re.Match) -> str:
+    name = m.group(1).strip()
+    for lead in _LEADS:
+        name = name.split(lead)[-1]
+    return name
 
 
 def pointing_questions(points: dict, frame: int, rng: np.random.Generator, k: int = 2) -> list[dict]:

@@ -23,6 +23,7 @@ def test_defaults_bind_localhost_without_auth():
     o = options_from_args(_args(), environ={})
     assert o.host == "127.0.0.1" and o.port == 7860 and o.auth is None
     assert (o.camera, o.arm, o.model) == ("sim", "sim", "builtin")
+    assert o.hold_reference and not options_from_args(_args("--no-hold-reference"), environ={}).hold_reference
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "robot-lab.local"])

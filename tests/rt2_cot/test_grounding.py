@@ -62,6 +62,19 @@ def test_plan_points_reads_every_located_thing_back():
     assert plan_points(grounded) == [("apple", 30, 41), ("red ball", 200, 97), ("gripper", 128, 78)]
 
 
+def test_with_point_moves_one_located_thing_and_skips_the_gripper():
+    from rt2_cot.data.grounding import plan_points, with_point
+
+    plan = "move the apple at 30 41 near the red ball at 200 97 with the gripper at 128 71"
+    moved = with_point(plan, 1, 190, 9)
+    assert moved == "move the apple at 30 41 near the red ball at 190 9 with the gripper at 128 71"
+    assert plan_points(with_point(plan, 0, 5, 6))[0] == ("apple", 5, 6)
+    assert with_point(plan, 2, 5, 6) == plan  # the gripper's point is not a located thing
+    assert with_point("pick up the rock", 0, 5, 6) == "pick up the rock"
+    number = "place the green ball at 76 124 on the number 7 at 112 101"
+    assert plan_points(with_point(number, 1, 60, 61))[1] == ("number 7", 60, 61)
+
+
 def test_pointing_questions_always_ask_for_the_gripper():
     qs = pointing_questions(POINTS, frame=3, rng=np.random.default_rng(0), k=3)
     assert qs[0] == {"frame": 3, "question": "where is the gripper", "answer": "128 78", "kind": "pointing"}

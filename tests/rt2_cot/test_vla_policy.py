@@ -180,3 +180,57 @@ def test_backend_errors_propagate():
 def test_negative_replan_every_is_refused():
     with pytest.raises(ConfigError):
         VLAPolicy(ScriptedBackend(), replan_every=-1)
+
+
+class WanderingBackend(ScriptedBackend):
+    """A model whose plan puts the reference somewhere else at every fresh plan (a pointer that loses
+    the triangle under the arm); with the plan given, it answers with an action only."""
+
+    def __init__(self, references):
+        super().__init__()
+        self.references = list(references)
+        self.fresh = 0
+
+    def stream(self, request, stop=None):
+        if request.given_plan is None:
+            x, y = self.references[min(self.fresh, len(self.references) - 1)]
+            self.fresh += 1
+            self.plan_text = f"Plan: place the green ball at 76 124 on the triangle at {x} {y}. Action: 0 128 128 128 128 128 128 255"
+        yield from super().stream(request, stop)
+
+
+def test_held_reference_keeps_the_first_reading_of_where_the_object_goes():
+    from rt2_cot.events import ActionTokenEvent, PlanDelta
+
+    backend = WanderingBackend([(112, 101), (112, 101), (40, 200), (113, 99)])
+    policy = VLAPolicy(backend, hold_reference=True)
+    policy.reset("put the green ball on the triangle")
+    events = [[] for _ in range(4)]
+    outs = [
+        policy.step(observation("put the green ball on the triangle", s), events[s].append) for s in range(4)
+    ]
+    held = "place the green ball at 76 124 on the triangle at 112 101"
+    assert [o.plan for o in outs] == [held] * 3 + [held.replace("112 101", "113 99")]
+    assert all(o.command is not None and o.replanned for o in outs)
+    # Plans that agree with the memory (within HOLD_TOLERANCE) are one pass; the others stop after
+    # the plan, then act on the plan with the remembered point.
+    assert [r.given_plan for r in backend.requests] == [None, None, None, held, None]
+    assert "model_plan" not in outs[1].extras
+    assert outs[2].extras["model_plan"].endswith("on the triangle at 40 200")
+    # The wandering plan streamed live, then the held one; its action tokens arrive only once.
+    plans = [e.plan for e in events[2] if isinstance(e, PlanDelta)]
+    assert plans[-1] == held and any(p.endswith("40 200") for p in plans)
+    assert sum(isinstance(e, ActionTokenEvent) for e in events[2]) == 8
+    # A new episode forgets: its first plan is the new memory.
+    policy.reset("put the green ball on the triangle")
+    backend.references, backend.fresh = [(30, 30)], 0
+    assert policy.step(observation("put the green ball on the triangle", 0)).plan.endswith("at 30 30")
+
+
+def test_without_held_reference_every_plan_is_the_models_own():
+    backend = WanderingBackend([(112, 101), (40, 200)])
+    policy = VLAPolicy(backend)
+    policy.reset("put the green ball on the triangle")
+    outs = [policy.step(observation("put the green ball on the triangle", s)) for s in range(2)]
+    assert outs[1].plan.endswith("on the triangle at 40 200")
+    assert [r.given_plan for r in backend.requests] == [None, None]
