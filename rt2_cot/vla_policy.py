@@ -5,15 +5,15 @@ many steps. With `replan_every=N` the model writes a fresh plan on the first ste
 whenever the instruction changes, after a step that produced no action, and every N steps; on the
 other steps the previous plan is given in the prompt and only the eight action tokens are generated.
 
-Held reference (`hold_reference=True`): a grounded plan says where the object goes as a point in the
-image ("place the green ball at 76 124 on the triangle at 112 101"). The object moves; the place it
-goes to does not, but re-reading it from every new frame does: the arm and the carried object cover
-it on the way, and a small model's pointer then jumps to another tile (session 14 traced
-rt2-cot-mini's reference point 5 units off for ten steps, then 55-77 off until the step limit). The
-policy keeps the episode's first reading of each reference; when a fresh plan puts the same
-reference more than `HOLD_TOLERANCE` from it, generation stops once the plan is complete (the plan
-has streamed as usual) and the plan with the remembered point is given back to the model for the
-eight action tokens (the plan-reuse path). Plans that agree with the memory cost nothing extra.
+Held reference (`hold_reference`, on by default): a grounded plan says where the object goes as a
+point in the image ("place the green ball at 76 124 on the triangle at 112 101"). The object moves;
+the place it goes to does not, but re-reading it from every new frame does: the arm and the carried
+object cover it on the way, and a small model's pointer then jumps to another tile (session 14
+traced rt2-cot-mini's reference point 5 units off for ten steps, then 55-77 off until the step
+limit). The policy keeps the episode's first reading of each reference; when a fresh plan puts the
+same reference more than `HOLD_TOLERANCE` from it, generation stops once the plan is complete (the
+plan has streamed as usual) and the plan with the remembered point is given back to the model for
+the eight action tokens (the plan-reuse path). Plans that agree with the memory cost nothing extra.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ HOLD_TOLERANCE = 8.0
 
 class VLAPolicy:
     """`Policy` over any Backend. `replan_every`: 1 = plan every step, N = every N steps, 0 = once.
-    `hold_reference`: keep each reference's first image point for the episode (module docstring)."""
+    `hold_reference` (on by default): keep each reference's first image point for the episode (module
+    docstring)."""
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class VLAPolicy:
         temperature: float = 0.0,
         max_new_tokens: int = 48,
         seed: int | None = None,
-        hold_reference: bool = False,
+        hold_reference: bool = True,
     ) -> None:
         if replan_every < 0:
             raise ConfigError(f"replan_every must be >= 0, got {replan_every}")

@@ -229,7 +229,7 @@ def test_held_reference_keeps_the_first_reading_of_where_the_object_goes():
 
 def test_without_held_reference_every_plan_is_the_models_own():
     backend = WanderingBackend([(112, 101), (40, 200)])
-    policy = VLAPolicy(backend)
+    policy = VLAPolicy(backend, hold_reference=False)
     policy.reset("put the green ball on the triangle")
     outs = [policy.step(observation("put the green ball on the triangle", s)) for s in range(2)]
     assert outs[1].plan.endswith("on the triangle at 40 200")
