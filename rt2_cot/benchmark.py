@@ -266,11 +266,14 @@ def run_benchmark(
     task = sample_task(rng)
     sim.reset(task, seed)
     instruction = task.instruction
+    # The decoding paths alone: a held reference's second pass (VLAPolicy.hold_reference) depends on
+    # where the plans point, so it is measured closed loop instead (`rt2-cot eval`'s mean_step_ms).
     policies = {}
     if naive_backend is not None:
-        policies["naive"] = VLAPolicy(naive_backend, replan_every=1)
-    policies["reuse"] = VLAPolicy(fast, replan_every=replan_every)
-    policies["cot"] = VLAPolicy(fast, replan_every=1)  # last, so `fast.last_stats` is the cot step's
+        policies["naive"] = VLAPolicy(naive_backend, replan_every=1, hold_reference=False)
+    policies["reuse"] = VLAPolicy(fast, replan_every=replan_every, hold_reference=False)
+    # last, so `fast.last_stats` is the cot step's
+    policies["cot"] = VLAPolicy(fast, replan_every=1, hold_reference=False)
     for policy in policies.values():
         policy.reset(instruction)
 
