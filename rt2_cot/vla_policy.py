@@ -66,6 +66,8 @@ class VLAPolicy:
         self.hold_reference = hold_reference
         self._references: dict[str, tuple[int, int]] = {}  # reference name -> its first image point
         self.name = f"vla:{getattr(backend, 'name', type(backend).__name__)}"
+        if not hold_reference:  # reports say how the plans were acted on
+            self.name += " (reference not held)"
         self.stop_event = threading.Event()  # set by the loop or the console to cancel a step
         self._instruction: str | None = None
         self._plan: str | None = None

@@ -234,3 +234,4 @@ def test_without_held_reference_every_plan_is_the_models_own():
     outs = [policy.step(observation("put the green ball on the triangle", s)) for s in range(2)]
     assert outs[1].plan.endswith("on the triangle at 40 200")
     assert [r.given_plan for r in backend.requests] == [None, None]
+    assert policy.name == "vla:scripted (reference not held)" and VLAPolicy(backend).name == "vla:scripted"
