@@ -10,10 +10,11 @@ point in the image ("place the green ball at 76 124 on the triangle at 112 101")
 the place it goes to does not, but re-reading it from every new frame does: the arm and the carried
 object cover it on the way, and a small model's pointer then jumps to another tile (session 14
 traced rt2-cot-mini's reference point 4-7 units off for ten steps, then 55-77 off until the step
-limit: benchmarks/reference_trace.py). The policy keeps the episode's first reading of each reference; when a fresh plan puts the
-same reference more than `HOLD_TOLERANCE` from it, generation stops once the plan is complete (the
-plan has streamed as usual) and the plan with the remembered point is given back to the model for
-the eight action tokens (the plan-reuse path). Plans that agree with the memory cost nothing extra.
+limit: benchmarks/reference_trace.py). The policy keeps the episode's first reading of each
+reference; when a fresh plan puts the same reference more than `HOLD_TOLERANCE` from it, generation
+stops once the plan is complete (the plan has streamed as usual) and the plan with the remembered
+point is given back to the model for the eight action tokens (the plan-reuse path). Plans that agree
+with the memory cost nothing extra.
 """
 
 from __future__ import annotations
