@@ -34,7 +34,7 @@ def trace(
     suite_path: str, cases: list[str], model: str, episodes: int, max_steps: int, seed: int, hold: bool
 ):
     from rt2_cot.backends import load_backend
-    from rt2_cot.data.grounding import GRIPPER, plan_points
+    from rt2_cot.data.grounding import located_points
     from rt2_cot.evaluation import SuiteRun, _image_point, _make_sim_rig, build_task, load_suite
     from rt2_cot.loop_events import StepRecord
     from rt2_cot.vla_policy import VLAPolicy
@@ -51,7 +51,7 @@ def trace(
         if not isinstance(event, StepRecord):
             return
         task = tasks[current["case"]]
-        located = [p for p in plan_points(event.output.plan or "") if p[0] != GRIPPER]
+        located = located_points(event.output.plan)
         truths = [
             _image_point(sim, task.target),
             _image_point(sim, task.reference) if task.reference else None,

@@ -496,9 +496,9 @@ def _point_error(plan: str, true_point: tuple[float, float] | None, which: int =
     """Distance from the plan's `which`-th image point of an object or tile (0: the target's, 1: the
     reference's, as `ground_plan` writes them; the gripper's point is skipped) to the true one; None
     when either is missing."""
-    from rt2_cot.data.grounding import GRIPPER, plan_points
+    from rt2_cot.data.grounding import located_points
 
-    points = [p for p in plan_points(plan) if p[0] != GRIPPER]
+    points = located_points(plan)
     if len(points) <= which or true_point is None:
         return None
     _name, x, y = points[which]

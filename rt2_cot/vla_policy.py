@@ -133,25 +133,21 @@ class VLAPolicy:
 
     def _held(self, plan: str) -> str | None:
         """`plan` with its reference at the remembered point, or None when nothing is to change."""
-        from rt2_cot.data.grounding import GRIPPER, plan_points, with_point
+        from rt2_cot.data.grounding import with_point
 
-        located = [p for p in plan_points(plan) if p[0] != GRIPPER]
-        if len(located) < 2:  # no reference located ("pick up the apple at 30 41")
+        reference = _reference(plan)
+        if reference is None or reference[0] not in self._references:
             return None
-        name, x, y = located[1]
-        if name not in self._references:
-            return None
+        name, x, y = reference
         hx, hy = self._references[name]
         if math.hypot(x - hx, y - hy) <= HOLD_TOLERANCE:  # the same place: the model's own words stand
             return None
         return with_point(plan, 1, hx, hy)
 
     def _remember(self, output: PolicyOutput) -> None:
-        from rt2_cot.data.grounding import GRIPPER, plan_points
-
-        located = [p for p in plan_points(output.plan) if p[0] != GRIPPER]
-        if output.command is not None and len(located) >= 2:
-            name, x, y = located[1]
+        reference = _reference(output.plan)
+        if output.command is not None and reference is not None:
+            name, x, y = reference
             self._references.setdefault(name, (x, y))
 
     def _plan_with_held_reference(
@@ -172,6 +168,15 @@ class VLAPolicy:
         output.replanned = True
         output.extras["model_plan"] = gate.plan  # what the model wrote before the reference was held
         return output
+
+
+def _reference(plan: str) -> tuple[str, int, int] | None:
+    """The plan's reference and its point (the second located thing), or None when it locates none
+    ("pick up the apple at 30 41")."""
+    from rt2_cot.data.grounding import located_points
+
+    located = located_points(plan)
+    return located[1] if len(located) >= 2 else None
 
 
 class _PlanGate:

@@ -112,14 +112,21 @@ def plan_points(plan: str) -> list[tuple[str, int, int]]:
     ]
 
 
+def located_points(plan: str) -> list[tuple[str, int, int]]:
+    """`plan_points` without the gripper's: the objects and tiles, the target's first and then the
+    reference's, as `ground_plan` writes them."""
+    return [p for p in plan_points(plan) if p[0] != GRIPPER]
+
+
 def with_point(plan: str, index: int, x: int, y: int) -> str:
-    """The plan with its `index`-th located thing (the gripper's point skipped, as in `plan_points`)
-    moved to `x y`: with_point('move the apple at 30 41 near the red ball at 200 97', 1, 190, 99) ->
+    """The plan with its `index`-th located thing (as `located_points` counts them) moved to `x y`:
+    with_point('move the apple at 30 41 near the red ball at 200 97', 1, 190, 99) ->
     'move the apple at 30 41 near the red ball at 190 99'. An index past the last point changes nothing."""
     text = plan or ""
-    if len(text.lower()) != len(text):  # match offsets must index the text they were found in
-        text = text.lower()
-    located = [m for m in _PLAN_POINT.finditer(text.lower()) if _point_name(m) != GRIPPER]
+    lower = text.lower()
+    if len(lower) != len(text):  # match offsets must index the text they were found in
+        text = lower
+    located = [m for m in _PLAN_POINT.finditer(lower) if _point_name(m) != GRIPPER]
     if not 0 <= index < len(located):
         return plan
     m = located[index]
