@@ -80,6 +80,9 @@ class TrainConfig:
     num_hidden_layers: int = 4
     vision_grid: int = 4  # prefix tokens per side (see Rt2CotMiniConfig)
     vision_stride8: bool = False  # add the frozen stride-8 map to the prefix
+    # Each token also gets its stride-8 neighbourhood through its own path (Rt2CotMiniConfig). New
+    # parameters, zero at first; a warm start from a model without them starts them there.
+    vision_local_window: bool = False
     steps: int = 4000
     # Wall-clock budget (minutes, 0 = none). The run ends at `steps` or at the budget, whichever comes
     # first, and the learning-rate schedule follows whichever is further along, so a run on a busy
@@ -353,6 +356,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         num_hidden_layers=cfg.num_hidden_layers,
         vision_grid=cfg.vision_grid,
         vision_stride8=cfg.vision_stride8,
+        vision_local_window=cfg.vision_local_window,
         action_readout=cfg.action_readout,
         gripper_in_prompt=cfg.gripper_in_prompt,
         gripper_motion_in_prompt=cfg.gripper_motion_in_prompt,
@@ -514,6 +518,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             if cfg.pointer_readout and not any(k.startswith("pointer.") for k in warm["model"]):
                 logger.info(f"init_from {cfg.init_from} has no pointer readout: it starts fresh")
                 missing = [k for k in missing if not k.startswith("pointer.")]
+            if cfg.vision_local_window and not any(k.startswith("projector.local") for k in warm["model"]):
+                logger.info(f"init_from {cfg.init_from} has no local window: its path starts at zero")
+                missing = [k for k in missing if not k.startswith("projector.local")]
             if missing or unexpected:
                 raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         except RuntimeError as exc:

@@ -24,6 +24,13 @@ DEFAULT_POSITION_BOX = ((0.15, 0.80), (-0.40, 0.40), (0.0, 0.45))
 STRIDE8_MAP, STRIDE16_MAP, HEAD_MAP = (40, 16), (112, 8), (1280, 4)
 
 
+def local_window_dim(grid: int) -> int:
+    """Channels of a token's local window: the stride-8 cells it covers plus one ring, and its
+    stride-16 cells (Rt2CotMiniConfig.vision_local_window)."""
+    (c8, side8), (c16, side16) = STRIDE8_MAP, STRIDE16_MAP
+    return c8 * (side8 // grid + 2) ** 2 + c16 * max(1, side16 // grid) ** 2
+
+
 def vision_feature_dim(grid: int, stride8: bool) -> int:
     """Channels per prefix token once each map is folded (or repeated) onto a `grid` x `grid` layout."""
     maps = ([STRIDE8_MAP] if stride8 else []) + [STRIDE16_MAP, HEAD_MAP]
@@ -45,6 +52,11 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # A probe on the frozen tokens finds objects to 10.8 units (of 256) with it, 16.9 without
         # (benchmarks/feature_probe.py): the 5-8 px objects are below the stride-16 grid.
         vision_stride8: bool = False,
+        # Also give each token the stride-8 map around it (its own stride-8 cells plus one ring) and
+        # its stride-16 cells, through their own LayerNorm and a linear map that starts at zero. These
+        # few channels tell a tile's digit (a linear probe: 71% of 9 digits, benchmarks/tile_probe.py)
+        # but are ~10% of a token's features and were lost in the projector (38%). Needs vision_stride8.
+        vision_local_window: bool = False,
         # -- language (MiniLM-L6 / BERT geometry; must match the pretrained weights) ---------------
         vocab_size: int = 30522,
         hidden_size: int = 384,
@@ -88,6 +100,9 @@ class Rt2CotMiniConfig(PretrainedConfig):
         self.image_size = image_size
         self.vision_grid = vision_grid
         self.vision_stride8 = bool(vision_stride8)
+        self.vision_local_window = bool(vision_local_window)
+        if self.vision_local_window and not (self.vision_stride8 and 16 % vision_grid == 0):
+            raise ValueError("vision_local_window needs vision_stride8 and a grid that divides 16")
         # Derived, not free: stored in config.json for readers (older checkpoints also stored
         # `vision_space_to_depth`, now implied by the grid).
         kwargs.pop("vision_space_to_depth", None)

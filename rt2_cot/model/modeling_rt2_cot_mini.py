@@ -3,6 +3,7 @@
     image (128 px) --frozen EfficientNet-Lite0--> stride-8 (optional), stride-16 and stride-32 maps,
                                                   each folded or repeated onto a grid x grid layout
                    --MLP + 2-D positions-->       grid*grid prefix tokens of width 384
+                   (+ optionally each token's stride-8 neighbourhood, normalised on its own, linear)
     "[CLS] instruction : ..." --MiniLM embeddings--> text tokens
     [prefix | text] --4 post-LN BERT layers, image tokens see each other, text is causal-->
     hidden --x tied word embeddings of the allowed output tokens--> logits
@@ -30,7 +31,12 @@ from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from rt2_cot.model.configuration_rt2_cot_mini import Rt2CotMiniConfig
+from rt2_cot.model.configuration_rt2_cot_mini import (
+    STRIDE8_MAP,
+    STRIDE16_MAP,
+    Rt2CotMiniConfig,
+    local_window_dim,
+)
 
 # Logit given to tokens outside the output vocabulary: finite so softmax and sampling stay NaN-free.
 _NEVER = -1e4
@@ -134,7 +140,12 @@ class FrozenEfficientNetLite0(nn.Module):
 
 
 class ImageProjector(nn.Module):
-    """Trainable: frozen features -> LM width, plus learned row/column embeddings (2-D position)."""
+    """Trainable: frozen features -> LM width, plus learned row/column embeddings (2-D position).
+
+    With `vision_local_window`, a second path: the stride-8 map around each token (its own cells and
+    one ring) and its stride-16 cells, normalised on their own and mapped linearly (from zero) into
+    the token. Those channels carry a number tile's digit; among the 1,552 of a token they got lost.
+    """
 
     def __init__(self, config: Rt2CotMiniConfig) -> None:
         super().__init__()
@@ -146,9 +157,35 @@ class ImageProjector(nn.Module):
         self.row = nn.Parameter(torch.zeros(g, d))
         self.col = nn.Parameter(torch.zeros(g, d))
         self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.local_norm = self.local = None
+        if getattr(config, "vision_local_window", False):
+            self.local_norm = nn.LayerNorm(local_window_dim(g))
+            self.local = nn.Linear(local_window_dim(g), d)
+
+    def reset_parameters(self) -> None:
+        """The local path starts at zero: a warm-started model's tokens are unchanged at first."""
+        if self.local is not None:
+            with torch.no_grad():
+                self.local.weight.zero_()
+                self.local.bias.zero_()
+
+    def local_window(self, features: torch.Tensor) -> torch.Tensor:
+        """Tokens' features (B, g*g, C), stride-8 map first (FrozenEfficientNetLite0.combine) ->
+        each token's window (B, g*g, local_window_dim): stride-8 cells it covers plus one ring, then
+        its stride-16 cells."""
+        (c8, side8), (c16, side16) = STRIDE8_MAP, STRIDE16_MAP
+        g, r = self.grid, side8 // self.grid
+        b = features.shape[0]
+        s8 = features[..., : c8 * r * r].transpose(1, 2).reshape(b, c8 * r * r, g, g)
+        s8 = F.pixel_shuffle(s8, r) if r > 1 else s8  # back to (B, 40, 16, 16)
+        window = F.unfold(F.pad(s8, (1, 1, 1, 1)), kernel_size=r + 2, stride=r)  # (B, 40*(r+2)^2, g*g)
+        n16 = c16 * max(1, side16 // g) ** 2
+        return torch.cat([window.transpose(1, 2), features[..., c8 * r * r : c8 * r * r + n16]], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.fc2(F.gelu(self.fc1(self.in_norm(features))))
+        if self.local is not None:
+            x = x + self.local(self.local_norm(self.local_window(features)))
         pos = (self.row[:, None, :] + self.col[None, :, :]).reshape(self.grid * self.grid, -1)
         return self.out_norm(x + pos)
 
@@ -270,8 +307,8 @@ class Rt2CotMiniPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, FrozenEfficientNetLite0):
             return
-        if isinstance(module, PointerReadout):  # after its Linear children (apply visits them first)
-            module.reset_parameters()
+        if isinstance(module, (PointerReadout, ImageProjector)):  # after their Linear children
+            module.reset_parameters()  # (apply visits children first)
             return
         if isinstance(module, nn.Linear):
             module.weight.data.normal_(0.0, 0.02)

@@ -176,6 +176,62 @@ def test_image_prefix_layouts_fold_every_map_onto_the_grid(grid, stride8, dim):
     assert old.vision_feature_dim == 1728 and old.num_image_tokens == 16
 
 
+@pytest.mark.parametrize("grid", [4, 8, 16])
+def test_local_window_gives_each_token_its_stride8_neighbourhood_and_starts_at_zero(grid, tmp_path):
+    """`vision_local_window`: token (row, col) gets the stride-8 cells it covers plus one ring (zero
+    beyond the image) and its stride-16 cells; the path starts at zero, so a model warm-started
+    without it encodes images exactly as before, and it survives save/load."""
+    import torch.nn.functional as F
+
+    from rt2_cot.model.modeling_rt2_cot_mini import FrozenEfficientNetLite0
+
+    config = Rt2CotMiniConfig(
+        num_hidden_layers=1, vision_grid=grid, vision_stride8=True, vision_local_window=True
+    )
+    m = Rt2CotMiniForConditionalGeneration(config).eval()
+    maps = [torch.randn(2, 40, 16, 16), torch.randn(2, 112, 8, 8), torch.randn(2, 1280, 4, 4)]
+    feats = FrozenEfficientNetLite0.combine(maps, grid)
+    window = m.projector.local_window(feats)
+    r = 16 // grid
+    padded = F.pad(maps[0], (1, 1, 1, 1))
+    for row, col in ((0, 0), (grid - 1, grid // 2)):
+        want = padded[1, :, r * row : r * row + r + 2, r * col : r * col + r + 2].reshape(-1)
+        assert torch.equal(window[1, row * grid + col, : want.numel()], want)
+    s16 = max(1, 8 // grid)
+    assert window.shape[-1] == 40 * (r + 2) ** 2 + 112 * s16 * s16
+    assert torch.equal(
+        window[0, 0, 40 * (r + 2) ** 2 :],
+        maps[1][0, :, :s16, :s16].reshape(-1) if s16 > 1 else maps[1][0, :, 0, 0],
+    )
+
+    plain = Rt2CotMiniForConditionalGeneration(
+        Rt2CotMiniConfig(num_hidden_layers=1, vision_grid=grid, vision_stride8=True)
+    ).eval()
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert (
+        sorted(missing)
+        == [
+            "projector.local.bias",
+            "projector.local.weight",
+            "projector.local_norm.bias",
+            "projector.local_norm.weight",
+        ]
+        and not unexpected
+    )
+    with torch.no_grad():
+        assert torch.equal(m.encode_image(features=feats), plain.encode_image(features=feats))
+        m.projector.local.weight.normal_(0.0, 0.02)
+        moved = m.encode_image(features=feats)
+    assert not torch.allclose(moved, plain.encode_image(features=feats))
+    m.save_pretrained(tmp_path)
+    again = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert again.config.vision_local_window
+    with torch.no_grad():
+        assert torch.allclose(again.encode_image(features=feats), moved, atol=1e-2)
+    with pytest.raises(ValueError, match="vision_stride8"):
+        Rt2CotMiniConfig(vision_grid=8, vision_local_window=True)
+
+
 def test_pointer_readout_puts_the_integers_peak_at_the_attended_image_cell():
     """The pointer's bumps peak at the centre of the image token the text attends to: x at its
     column, y at its row (row-major tokens, 0..255 image units), and vanish for the role "neither"."""

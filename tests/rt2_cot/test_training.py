@@ -86,6 +86,12 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert pointed["final"]["val_first_frame_point_mae"] >= 0  # the first frames' plan point, tracked apart
     saved = json.loads((tmp_path / "pointer" / "checkpoint" / "config.json").read_text())
     assert saved["pointer_readout"] is True and len(saved["integer_token_ids"]) == 256
+    # So may the local window (vision_local_window): its path starts at zero, so the first loss is
+    # the warm start's own.
+    local = train(replace(phase2, vision_local_window=True), tmp_path / "local")
+    assert abs(local["first_loss"] - warm["first_loss"]) < 0.02 * warm["first_loss"], (warm, local)
+    saved = json.loads((tmp_path / "local" / "checkpoint" / "config.json").read_text())
+    assert saved["vision_local_window"] is True
     with pytest.raises(ConfigError, match="does not fit"):
         train(
             replace(cfg, steps=1, num_hidden_layers=cfg.num_hidden_layers + 1, init_from=str(out)),
