@@ -54,6 +54,11 @@ class TrainConfig:
     # scored like `soft_points`). New parameters; a warm start from a run without one starts them fresh.
     pointer_readout: bool = False
     pointer_aux_weight: float = 1.0  # its direct role + point targets (pointer_supervision)
+    # ... plus a pointer network's loss on where it looks: at an image coordinate, cross-entropy of
+    # its attention against the image token whose cell holds the true point. The L1 on the attended
+    # point costs the same for a point between two number tiles as for the wrong tile, so a pointer
+    # unsure of the digit learns to hedge; this asks it to choose. 0: off.
+    pointer_cell_weight: float = 0.0
     # Name what lies in each image cell: a linear head on the image tokens (the projector's output,
     # of which the pointer's keys are a linear map) is trained to name the object or tile whose
     # point falls in that cell, from the points datagen records. Session 13: the frozen features
@@ -222,7 +227,9 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
     if bool(motion.any()):
         loss = loss + cfg.action_aux_weight * aux.mean()
     if getattr(model, "pointer", None) is not None:
-        pointer_loss, pointer_parts = pointer_supervision(model, h, pointer_keys, batch, targets)
+        pointer_loss, pointer_parts = pointer_supervision(
+            model, h, pointer_keys, batch, targets, cfg.pointer_cell_weight
+        )
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
     if getattr(model, "cell_head", None) is not None and batch.cells is not None:
@@ -238,13 +245,15 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
 
 
 def pointer_supervision(
-    model, h, pointer_keys, batch: Batch, targets: ActionTargets
+    model, h, pointer_keys, batch: Batch, targets: ActionTargets, cell_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict]:
     """Direct targets for the pointer readout, so it need not wait for the token loss to find it: its
     role (x, y or neither) at every scored position, and its attended point against the coordinate
     at image-coordinate positions (POINT roles, `soft_points`' data; pairs are x then y).
     Without them the gate closes before the point is any good (a trial run: the x/y roles fell
-    from 0.018 to 0.011 in 250 steps while the attended point stayed 37 units off)."""
+    from 0.018 to 0.011 in 250 steps while the attended point stayed 37 units off).
+    With `cell_weight`, also the cross-entropy of its attention at both coordinates of a point
+    against the image token whose cell holds it (TrainConfig.pointer_cell_weight)."""
     scored = batch.labels != -100
     is_point = scored & (batch.roles == POINT)
     axis = (torch.cumsum(is_point.long(), dim=1) - 1).clamp(min=0) % 2  # 0 = x, 1 = y
@@ -252,13 +261,39 @@ def pointer_supervision(
     loss = F.cross_entropy(model.pointer.role(h[scored]).float(), role_target)
     parts = {"pointer_role_loss": float(loss.detach())}
     if bool(is_point.any()):
-        xy = model.pointer.point(h, *pointer_keys)  # (B, T, 2)
+        attn = model.pointer.attention(h, pointer_keys[0])  # (B, T, N)
+        xy = attn @ pointer_keys[1]  # (B, T, 2)
         got = xy.gather(-1, axis[..., None]).squeeze(-1)[is_point]
         true = targets.bin_of_column[targets.column[batch.labels[is_point]]].float()
         err = (got - true).abs()
         loss = loss + err.mean() / 127.0
         parts["pointer_l1"] = float(err.detach().mean())
+        if cell_weight > 0:
+            cell_loss, hit = pointer_cell_loss(model.pointer, attn[is_point], true, is_point, axis)
+            if cell_loss is not None:
+                loss = loss + cell_weight * cell_loss
+                parts["pointer_cell_loss"], parts["pointer_cell_acc"] = float(cell_loss.detach()), hit
     return loss, parts
+
+
+def pointer_cell_loss(pointer, attn: torch.Tensor, true: torch.Tensor, is_point, axis):
+    """Attention at each coordinate position (P, N) -> mean cross-entropy against the token whose
+    cell holds that position's point, and how often the most-attended token is it. A point is an x
+    position followed by the y position in the same row; positions without a partner are skipped."""
+    rows = is_point.nonzero()[:, 0]
+    ax = axis[is_point]
+    pair = (ax[:-1] == 0) & (ax[1:] == 1) & (rows[:-1] == rows[1:])  # x at k, y at k + 1
+    if not bool(pair.any()):
+        return None, 0.0
+    xs = torch.nonzero(pair).squeeze(1)
+    x, y = true[xs], true[xs + 1]
+    cell = (y / pointer.cell).long().clamp(0, pointer.grid - 1) * pointer.grid + (
+        x / pointer.cell
+    ).long().clamp(0, pointer.grid - 1)
+    at = torch.cat([attn[xs], attn[xs + 1]])  # both coordinates look at the same token
+    want = torch.cat([cell, cell])
+    loss = F.nll_loss(torch.log(at.float().clamp(min=1e-8)), want)
+    return loss, float((at.argmax(-1) == want).float().mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,11 +227,14 @@ class PointerReadout(nn.Module):
         points = centres + 0.5 * self.cell * torch.tanh(self.offset(prefix))
         return self.key(prefix), points
 
+    def attention(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Hidden (B, T, d) -> how much each text position looks at each image token (B, T, N)."""
+        q = self.query(hidden)
+        return torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
     def point(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Hidden (B, T, d) -> the attended image point (B, T, 2), x and y in 0..255 units."""
-        q = self.query(hidden)
-        attn = torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, T, N)
-        return attn @ points
+        return self.attention(hidden, keys) @ points
 
     def forward(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Hidden (B, T, d) -> logits to add to the bins 0..255 (B, T, 256)."""

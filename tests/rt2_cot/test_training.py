@@ -105,6 +105,33 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
     assert abs(from_ckpt["first_loss"] - warm["first_loss"]) < 0.02 * warm["first_loss"], (warm, from_ckpt)
 
 
+def test_pointer_cell_loss_asks_the_pointer_to_choose_the_token_that_holds_the_point():
+    """At an image coordinate the pointer's attention is scored against the token whose cell holds
+    the (x, y) point: attention on that token costs nothing, attention split between it and another
+    tile costs log 2, and a coordinate whose partner is missing (a row cut after its x) is skipped."""
+    from rt2_cot.data.dataset import POINT
+    from rt2_cot.model import Rt2CotMiniConfig
+    from rt2_cot.model.modeling_rt2_cot_mini import PointerReadout
+    from rt2_cot.training import pointer_cell_loss
+
+    pointer = PointerReadout(Rt2CotMiniConfig(vision_grid=8, hidden_size=8, num_attention_heads=2))
+    # Row 0: one point "at 40 200" (x bin 40 -> column 1, y 200 -> row 6: token 49); row 1: an x alone.
+    roles = torch.tensor([[0, POINT, POINT, 0], [0, 0, 0, POINT]])
+    is_point = roles == POINT
+    axis = (torch.cumsum(is_point.long(), dim=1) - 1).clamp(min=0) % 2
+    true = torch.tensor([40.0, 200.0, 90.0])
+    right = torch.zeros(3, 64)
+    right[:, 49] = 1.0
+    loss, hit = pointer_cell_loss(pointer, right, true, is_point, axis)
+    assert float(loss) < 1e-6 and hit == 1.0
+    split = torch.zeros(3, 64)
+    split[:, 49] = split[:, 12] = 0.5
+    loss, _ = pointer_cell_loss(pointer, split, true, is_point, axis)
+    assert abs(float(loss) - float(torch.log(torch.tensor(2.0)))) < 1e-5
+    lonely = pointer_cell_loss(pointer, right[2:], true[2:], roles[1:] == POINT, axis[1:])
+    assert lonely == (None, 0.0)
+
+
 def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
     """With POINT roles a coordinate one unit off costs less than one far off; plain text does not care."""
     from types import SimpleNamespace
