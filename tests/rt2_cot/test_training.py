@@ -223,6 +223,16 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     starts = asdict(TrainConfig.from_yaml(configs / "start_frames.yaml"))
     assert {k for k in starts if starts[k] != decoy[k]} == {"init_from", "data", "data_mix", "max_minutes"}
     assert len(starts["data_mix"]) == len(starts["data"])
+    tiles = asdict(TrainConfig.from_yaml(configs / "tile_pointing.yaml"))
+    window = asdict(TrainConfig.from_yaml(configs / "local_window.yaml"))
+    assert {k for k in window if window[k] != tiles[k]} == {
+        "init_from",
+        "vision_local_window",
+        "cell_name_weight",
+        "max_minutes",
+    }
+    cells = asdict(TrainConfig.from_yaml(configs / "pointer_cells.yaml"))
+    assert {k for k in cells if cells[k] != window[k]} == {"init_from", "pointer_cell_weight", "max_minutes"}
     with pytest.raises(ConfigError, match="data_mix"):
         (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
         TrainConfig.from_yaml(tmp_path / "mix.yaml")
