@@ -25,6 +25,7 @@ import yaml
 from loguru import logger
 
 from rt2_cot.data.dataset import POINT, TEXT, Batch, RobotData
+from rt2_cot.data.grounding import image_cell
 from rt2_cot.errors import ConfigError
 
 MOTION_DIMS = (1, 2, 3, 4, 5, 6)  # dx dy dz droll dpitch dyaw
@@ -286,10 +287,12 @@ def pointer_cell_loss(pointer, attn: torch.Tensor, true: torch.Tensor, is_point,
     if not bool(pair.any()):
         return None, 0.0
     xs = torch.nonzero(pair).squeeze(1)
-    x, y = true[xs], true[xs + 1]
-    cell = (y / pointer.cell).long().clamp(0, pointer.grid - 1) * pointer.grid + (
-        x / pointer.cell
-    ).long().clamp(0, pointer.grid - 1)
+    cell = torch.tensor(  # the cell as the cell-name labels count it (a few dozen points a batch)
+        [
+            image_cell(x, y, pointer.grid)
+            for x, y in zip(true[xs].tolist(), true[xs + 1].tolist(), strict=True)
+        ]
+    )
     at = torch.cat([attn[xs], attn[xs + 1]])  # both coordinates look at the same token
     want = torch.cat([cell, cell])
     loss = F.nll_loss(torch.log(at.float().clamp(min=1e-8)), want)
