@@ -158,7 +158,7 @@ class ImageProjector(nn.Module):
         self.col = nn.Parameter(torch.zeros(g, d))
         self.out_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.local_norm = self.local = None
-        if getattr(config, "vision_local_window", False):
+        if config.vision_local_window:
             self.local_norm = nn.LayerNorm(local_window_dim(g))
             self.local = nn.Linear(local_window_dim(g), d)
 
