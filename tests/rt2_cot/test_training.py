@@ -179,6 +179,10 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     from rt2_cot.training import TrainConfig
 
     configs = Path(__file__).resolve().parents[2] / "configs"
+
+    def differing(cfg: dict, base: dict) -> set[str]:
+        return {k for k in cfg if cfg[k] != base[k]}
+
     default = asdict(TrainConfig.from_yaml(configs / "default.yaml"))
     changed = {
         "ablation_random_init.yaml": {"init"},
@@ -189,28 +193,28 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     }
     for name, keys in changed.items():
         cfg = asdict(TrainConfig.from_yaml(configs / name))
-        assert {k for k in cfg if cfg[k] != default[k]} == keys, name
+        assert differing(cfg, default) == keys, name
     small = asdict(TrainConfig.from_yaml(configs / "ablation_small.yaml"))
     for name, keys in {
         "ablation_small_random_init.yaml": {"init"},
         "ablation_small_no_vl.yaml": {"use_vl", "vl_fraction"},
     }.items():
         cfg = asdict(TrainConfig.from_yaml(configs / name))
-        assert {k for k in cfg if cfg[k] != small[k]} == keys, name
+        assert differing(cfg, small) == keys, name
     phase2 = asdict(TrainConfig.from_yaml(configs / "shielded_phase2.yaml"))
     assert phase2["init_from"] and phase2["vision_grid"] == default["vision_grid"]
     state = asdict(TrainConfig.from_yaml(configs / "gripper_state.yaml"))
-    assert {k for k in state if state[k] != phase2[k]} == {
+    assert differing(state, phase2) == {
         "init_from",
         "gripper_in_prompt",
         "max_minutes",
         "warmup_steps",
     }
     arm = asdict(TrainConfig.from_yaml(configs / "arm_state.yaml"))
-    assert {k for k in arm if arm[k] != state[k]} == {"init_from", "position_in_prompt", "max_minutes"}
+    assert differing(arm, state) == {"init_from", "position_in_prompt", "max_minutes"}
     pointer = asdict(TrainConfig.from_yaml(configs / "pointer.yaml"))
 
-    assert {k for k in pointer if pointer[k] != arm[k]} == {
+    assert differing(pointer, arm) == {
         "init_from",
         "pointer_readout",
         "soft_points",
@@ -219,20 +223,20 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
         "warmup_steps",
     }
     decoy = asdict(TrainConfig.from_yaml(configs / "decoy.yaml"))
-    assert {k for k in decoy if decoy[k] != pointer[k]} == {"init_from", "data", "max_minutes"}
+    assert differing(decoy, pointer) == {"init_from", "data", "max_minutes"}
     starts = asdict(TrainConfig.from_yaml(configs / "start_frames.yaml"))
-    assert {k for k in starts if starts[k] != decoy[k]} == {"init_from", "data", "data_mix", "max_minutes"}
+    assert differing(starts, decoy) == {"init_from", "data", "data_mix", "max_minutes"}
     assert len(starts["data_mix"]) == len(starts["data"])
     tiles = asdict(TrainConfig.from_yaml(configs / "tile_pointing.yaml"))
     window = asdict(TrainConfig.from_yaml(configs / "local_window.yaml"))
-    assert {k for k in window if window[k] != tiles[k]} == {
+    assert differing(window, tiles) == {
         "init_from",
         "vision_local_window",
         "cell_name_weight",
         "max_minutes",
     }
     cells = asdict(TrainConfig.from_yaml(configs / "pointer_cells.yaml"))
-    assert {k for k in cells if cells[k] != window[k]} == {"init_from", "pointer_cell_weight", "max_minutes"}
+    assert differing(cells, window) == {"init_from", "pointer_cell_weight", "max_minutes"}
     with pytest.raises(ConfigError, match="data_mix"):
         (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
         TrainConfig.from_yaml(tmp_path / "mix.yaml")
