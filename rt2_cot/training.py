@@ -67,6 +67,11 @@ class TrainConfig:
     # --checkpoint), and questions that only the digit answers did not bring it back. The head is
     # for training only: exported checkpoints do not carry it. 0: off.
     cell_name_weight: float = 0.0
+    # Keep that head in the model as the pointer's: it looks for an item by name, cell by cell
+    # (Rt2CotMiniConfig.pointer_names, PointerReadout). Each coordinate's item is the one whose cell
+    # holds its point (the cell-name labels), supervised at every coordinate. Needs pointer_readout
+    # and cell_name_weight; a warm start's trained cell-name head (same data, same names) carries over.
+    pointer_names: bool = False
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -233,16 +238,26 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
         )
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
-    if getattr(model, "cell_head", None) is not None and batch.cells is not None:
+    head = cell_name_head(model)
+    if head is not None and batch.cells is not None:
         known = batch.cells != -100
         if bool(known.any()):
-            cell_logits = model.cell_head(model.encode_image(features=batch.features))[known]
+            cell_logits = head(model.encode_image(features=batch.features))[known]
             cell_loss = F.cross_entropy(cell_logits.float(), batch.cells[known])
             loss = loss + cfg.cell_name_weight * cell_loss
             parts["cell_name_loss"] = float(cell_loss.detach())
             parts["cell_name_acc"] = float((cell_logits.argmax(-1) == batch.cells[known]).float().mean())
     parts["loss"] = float(loss.detach())
     return loss, parts
+
+
+def cell_name_head(model):
+    """The linear head that names what lies in each image cell: the pointer's (pointer_names) or the
+    training-only one (cell_name_weight alone), or None."""
+    pointer = getattr(model, "pointer", None)
+    if pointer is not None and pointer.cell_names is not None:
+        return pointer.cell_names
+    return getattr(model, "cell_head", None)
 
 
 def pointer_supervision(
@@ -262,13 +277,19 @@ def pointer_supervision(
     loss = F.cross_entropy(model.pointer.role(h[scored]).float(), role_target)
     parts = {"pointer_role_loss": float(loss.detach())}
     if bool(is_point.any()):
-        attn = model.pointer.attention(h, pointer_keys[0])  # (B, T, N)
-        xy = attn @ pointer_keys[1]  # (B, T, 2)
+        keys, points, *where = pointer_keys
+        attn = model.pointer.attention(h, keys, *where)  # (B, T, N)
+        xy = attn @ points  # (B, T, 2)
         got = xy.gather(-1, axis[..., None]).squeeze(-1)[is_point]
         true = targets.bin_of_column[targets.column[batch.labels[is_point]]].float()
         err = (got - true).abs()
         loss = loss + err.mean() / 127.0
         parts["pointer_l1"] = float(err.detach().mean())
+        if model.pointer.name_query is not None and batch.cells is not None:
+            name_loss, hit = pointer_name_loss(model.pointer, h, batch, scored, is_point, axis, true)
+            if name_loss is not None:
+                loss = loss + name_loss
+                parts["pointer_name_loss"], parts["pointer_name_acc"] = float(name_loss.detach()), hit
         if cell_weight > 0:
             cell_loss, hit = pointer_cell_loss(model.pointer, attn[is_point], true, is_point, axis)
             if cell_loss is not None:
@@ -277,26 +298,52 @@ def pointer_supervision(
     return loss, parts
 
 
-def pointer_cell_loss(pointer, attn: torch.Tensor, true: torch.Tensor, is_point, axis):
-    """Attention at each coordinate position (P, N) -> mean cross-entropy against the token whose
-    cell holds that position's point, and how often the most-attended token is it. A point is an x
-    position followed by the y position in the same row; positions without a partner are skipped."""
+def point_cells(grid: int, true: torch.Tensor, is_point, axis) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinate positions (P of them, `true` their values) -> the index among them of each point's
+    x (a point is an x position followed by the y position in the same row; positions without a
+    partner are left out) and the image cell that holds the point, as the cell-name labels count it."""
     rows = is_point.nonzero()[:, 0]
     ax = axis[is_point]
     pair = (ax[:-1] == 0) & (ax[1:] == 1) & (rows[:-1] == rows[1:])  # x at k, y at k + 1
-    if not bool(pair.any()):
-        return None, 0.0
     xs = torch.nonzero(pair).squeeze(1)
-    cell = torch.tensor(  # the cell as the cell-name labels count it (a few dozen points a batch)
-        [
-            image_cell(x, y, pointer.grid)
-            for x, y in zip(true[xs].tolist(), true[xs + 1].tolist(), strict=True)
-        ]
-    )
+    cells = [image_cell(x, y, grid) for x, y in zip(true[xs].tolist(), true[xs + 1].tolist(), strict=True)]
+    return xs, torch.tensor(cells, dtype=torch.long)
+
+
+def pointer_cell_loss(pointer, attn: torch.Tensor, true: torch.Tensor, is_point, axis):
+    """Attention at each coordinate position (P, N) -> mean cross-entropy against the token whose
+    cell holds that position's point, and how often the most-attended token is it."""
+    xs, cell = point_cells(pointer.grid, true, is_point, axis)
+    if not len(xs):
+        return None, 0.0
     at = torch.cat([attn[xs], attn[xs + 1]])  # both coordinates look at the same token
     want = torch.cat([cell, cell])
     loss = F.nll_loss(torch.log(at.float().clamp(min=1e-8)), want)
     return loss, float((at.argmax(-1) == want).float().mean())
+
+
+def pointer_name_loss(pointer, h, batch: Batch, scored, is_point, axis, true: torch.Tensor):
+    """Cross-entropy of the pointer's `name_query` against which item each position points at: at
+    both coordinates of a point, the item whose cell holds it (batch.cells; skipped where a cell holds
+    none or several), "none" at every other scored position. Returns (loss, accuracy at points)."""
+    none = pointer.name_query.out_features - 1
+    want = torch.full_like(batch.labels, none)
+    xs, cell = point_cells(pointer.grid, true, is_point, axis)
+    where = is_point.nonzero()  # (P, 2): row, position
+    if len(xs):
+        rows = where[xs, 0]
+        item = batch.cells[rows, cell]
+        want[rows, where[xs, 1]] = item
+        want[rows, where[xs + 1, 1]] = item
+    logits = pointer.name_query(h[scored]).float()
+    target = want[scored]
+    if not bool((target != -100).any()):
+        return None, 0.0
+    loss = F.cross_entropy(logits, target, ignore_index=-100)
+    at_points = (target != -100) & (target != none) & is_point[scored]
+    if not bool(at_points.any()):
+        return loss, 0.0
+    return loss, float((logits[at_points].argmax(-1) == target[at_points]).float().mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +434,7 @@ def integer_token_ids(tokenizer) -> list[int]:
     return tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])
 
 
-def build_model(cfg: TrainConfig, output_ids: list[int]):
+def build_model(cfg: TrainConfig, output_ids: list[int], pointer_names: list[str] | None = None):
     from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration, load_tokenizer
 
     config = Rt2CotMiniConfig(
@@ -401,6 +448,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int]):
         position_in_prompt=cfg.position_in_prompt,
         pointer_readout=cfg.pointer_readout,
         integer_token_ids=integer_token_ids(load_tokenizer()) if cfg.pointer_readout else None,
+        pointer_names=pointer_names if cfg.pointer_names else None,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )
@@ -547,8 +595,25 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             )
     else:
         output_ids = build_output_vocabulary(tokenizer, data.all_target_texts())
-    model = build_model(cfg, output_ids)
+    if cfg.pointer_names and not (cfg.pointer_readout and cfg.cell_name_weight > 0):
+        raise ConfigError(
+            "pointer_names gives the pointer the cell-name head: set pointer_readout and cell_name_weight"
+        )
+    if cfg.cell_name_weight > 0 and not data.cell_vocab:
+        raise ConfigError("cell_name_weight needs frames that record points (datagen since session 5)")
+    if state and cfg.pointer_names and state.get("pointer_names") != data.cell_vocab:
+        raise ConfigError(
+            f"{state_path} was trained with other item names than this data's: start a new --out"
+        )
+    model = build_model(cfg, output_ids, data.cell_vocab)
     if warm:
+        if cfg.pointer_names and "cell_head.weight" in warm["model"]:
+            if warm["model"]["cell_head.weight"].shape[0] != len(data.cell_vocab):
+                raise ConfigError(
+                    f"init_from {cfg.init_from}: its cell-name head names other items than this data's"
+                )
+            for k in ("weight", "bias"):  # the trained head becomes the pointer's
+                warm["model"][f"pointer.cell_names.{k}"] = warm["model"].pop(f"cell_head.{k}")
         try:
             missing, unexpected = model.load_state_dict(warm["model"], strict=False)
             missing = [k for k in missing if not k.startswith("vision.")]  # frozen, loaded from its package
@@ -556,6 +621,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             if cfg.pointer_readout and not any(k.startswith("pointer.") for k in warm["model"]):
                 logger.info(f"init_from {cfg.init_from} has no pointer readout: it starts fresh")
                 missing = [k for k in missing if not k.startswith("pointer.")]
+            if cfg.pointer_names and not any(k.startswith("pointer.name_query") for k in warm["model"]):
+                logger.info(f"init_from {cfg.init_from} does not point by name: the name query starts fresh")
+                missing = [k for k in missing if not k.startswith(("pointer.name_", "pointer.cell_names"))]
             if cfg.vision_local_window and not any(k.startswith("projector.local") for k in warm["model"]):
                 logger.info(f"init_from {cfg.init_from} has no local window: its path starts at zero")
                 missing = [k for k in missing if not k.startswith("projector.local")]
@@ -567,9 +635,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                 f"and vision_*): {str(exc)[:300]}"
             ) from None
         logger.info(f"warm start from {cfg.init_from} (its step {warm['step']})")
-    if cfg.cell_name_weight > 0:
-        if not data.cell_vocab:
-            raise ConfigError("cell_name_weight needs frames that record points (datagen since session 5)")
+    if cfg.cell_name_weight > 0 and not cfg.pointer_names:
         model.cell_head = torch.nn.Linear(model.config.hidden_size, len(data.cell_vocab))
         logger.info(f"cell names: {len(data.cell_vocab)} object and tile names")
     data.load_features(model)
@@ -680,6 +746,7 @@ def save_state(
             "history": history,
             "step": step,
             "output_ids": output_ids,
+            "pointer_names": list(model.config.pointer_names),
             "elapsed_s": elapsed_s,
         },
         tmp,
@@ -696,7 +763,7 @@ def export_run(run_dir: Path, folder: Path) -> dict:
         raise ConfigError(f"{run_dir} has no state.pt and config.yaml: not a training run folder")
     cfg = TrainConfig(**yaml.safe_load(cfg_path.read_text()))
     state = torch.load(state_path, map_location="cpu", weights_only=False)
-    model = build_model(cfg, state["output_ids"])
+    model = build_model(cfg, state["output_ids"], state.get("pointer_names"))
     model.load_state_dict(state["model"], strict=False)
     export_checkpoint(model, Path(folder))
     return {"run": str(run_dir), "step": int(state["step"]), "checkpoint": str(folder)}

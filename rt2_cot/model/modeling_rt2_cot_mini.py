@@ -201,6 +201,12 @@ class PointerReadout(nn.Module):
     writes "at 103 121" the bins near the attended point win; at action tokens the role learns
     "neither" and the term vanishes. Trained with direct targets as well
     (`rt2_cot.training.pointer_supervision`).
+
+    With `config.pointer_names`, it can also look for an item by name: a linear head names what lies
+    in each image cell (`cell_names`), each text position says which item it points at
+    (`name_query`, the last class "none"), and the log-probability of each cell for that item joins
+    the attention scores (a product of the two, at `name_gain` 1). A digit is easier to tell cell by
+    cell than to match from a word to a key in one dot product.
     """
 
     def __init__(self, config: Rt2CotMiniConfig) -> None:
@@ -212,33 +218,53 @@ class PointerReadout(nn.Module):
         self.role = nn.Linear(d, 3)  # x, y, neither
         self.log_sigma = nn.Parameter(torch.tensor(math.log(16.0)))  # bump width, in bins
         self.grid, self.cell = g, 256.0 / g
+        self.cell_names = self.name_query = self.name_gain = None
+        if config.pointer_names:
+            n = len(config.pointer_names)
+            self.cell_names = nn.Linear(d, n)  # image token -> which item lies in its cell
+            self.name_query = nn.Linear(d, n + 1)  # text position -> which item it points at, or none
+            self.name_gain = nn.Parameter(torch.tensor(1.0))
 
     def reset_parameters(self) -> None:
-        """Start as "neither" everywhere (the bumps barely touch a warm-started model's logits)."""
+        """Start as "neither" everywhere (the bumps barely touch a warm-started model's logits), and
+        pointing at no item by name."""
         with torch.no_grad():
             self.role.bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
             self.log_sigma.fill_(math.log(16.0))
+            if self.name_query is not None:
+                self.name_query.bias.zero_()
+                self.name_query.bias[-1] = 6.0
+                self.name_gain.fill_(1.0)
 
-    def keys(self, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix (B, N, d) -> attention keys (B, N, d) and each token's image point (B, N, 2)."""
+    def keys(self, prefix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Prefix (B, N, d) -> attention keys (B, N, d), each token's image point (B, N, 2) and, with
+        names, each item's log-distribution over the tokens (B, N, items)."""
         centre = (torch.arange(self.grid, dtype=prefix.dtype) + 0.5) * self.cell
         # Token j = row * g + col (row-major, as FrozenEfficientNetLite0.combine lays them out): (x, y).
         centres = torch.stack([centre.repeat(self.grid), centre.repeat_interleave(self.grid)], dim=-1)
         points = centres + 0.5 * self.cell * torch.tanh(self.offset(prefix))
-        return self.key(prefix), points
+        if self.cell_names is None:
+            return self.key(prefix), points
+        return self.key(prefix), points, torch.log_softmax(self.cell_names(prefix), dim=1)
 
-    def attention(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self, hidden: torch.Tensor, keys: torch.Tensor, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Hidden (B, T, d) -> how much each text position looks at each image token (B, T, N)."""
         q = self.query(hidden)
-        return torch.softmax(q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if where is not None:
+            item = torch.softmax(self.name_query(hidden), dim=-1)[..., :-1]  # (B, T, items), "none" adds 0
+            scores = scores + self.name_gain * (item @ where.transpose(-1, -2))
+        return torch.softmax(scores, dim=-1)
 
-    def point(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def point(self, hidden, keys, points, where=None) -> torch.Tensor:
         """Hidden (B, T, d) -> the attended image point (B, T, 2), x and y in 0..255 units."""
-        return self.attention(hidden, keys) @ points
+        return self.attention(hidden, keys, where) @ points
 
-    def forward(self, hidden: torch.Tensor, keys: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden, keys, points, where=None) -> torch.Tensor:
         """Hidden (B, T, d) -> logits to add to the bins 0..255 (B, T, 256)."""
-        xy = self.point(hidden, keys, points)
+        xy = self.point(hidden, keys, points, where)
         bins = torch.arange(256, dtype=xy.dtype)
         bumps = -0.5 * ((bins - xy[..., None]) / self.log_sigma.exp()) ** 2  # (B, T, 2, 256)
         role = torch.softmax(self.role(hidden), dim=-1)[..., :2]  # (B, T, 2): x and y

