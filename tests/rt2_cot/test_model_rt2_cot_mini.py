@@ -300,7 +300,7 @@ def test_pointer_names_pull_the_attention_to_the_named_items_cell_and_none_leave
         with torch.no_grad():
             pointer.name_query.bias.copy_(torch.full((3,), -20.0))
             pointer.name_query.bias[item] = 20.0
-        attention = pointer.attention(hidden, keys, where)[0, 0]
+        attention = pointer.attention(hidden, keys, where)[0, 0].detach()
         assert int(attention.argmax()) == cell and float(attention[cell]) > 0.9
         x, y = pointer.point(hidden, keys, points, where)[0, 0].tolist()  # near that cell's centre
         assert abs(x - (cell % 8 + 0.5) * 32) < 4 and abs(y - (cell // 8 + 0.5) * 32) < 4

@@ -280,6 +280,8 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     }
     cells = asdict(TrainConfig.from_yaml(configs / "pointer_cells.yaml"))
     assert differing(cells, window) == {"init_from", "pointer_cell_weight", "max_minutes"}
+    names = asdict(TrainConfig.from_yaml(configs / "pointer_names.yaml"))
+    assert differing(names, window) == {"init_from", "pointer_names", "max_minutes"}
     with pytest.raises(ConfigError, match="data_mix"):
         (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
         TrainConfig.from_yaml(tmp_path / "mix.yaml")
