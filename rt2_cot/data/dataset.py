@@ -131,6 +131,7 @@ class RobotData:
         self._int_ids = (
             set(tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])) if point_roles else set()
         )
+        self._at_id = tokenizer.convert_tokens_to_ids("at")
         for si, shard in enumerate(self.shards):
             base = int(self.offsets[si])
             episodes = {e["id"]: e for e in shard.meta["episodes"]}
@@ -251,14 +252,26 @@ class RobotData:
         return labels
 
     # -- examples ---------------------------------------------------------------------------------
-    def _points_marked(self, target: list[int], roles: list[int]) -> list[int]:
-        """POINT for the integers of a text part when `point_roles` is on (else `roles` unchanged)."""
+    def _points_marked(self, target: list[int], roles: list[int], after_at: bool = True) -> list[int]:
+        """POINT for the image coordinates of a text part when `point_roles` is on (else `roles`
+        unchanged). In a plan those are the two integers after "at" ("... at 103 121"), not the digit
+        of "the number 6": until session 16 that digit was marked too, so the pointer was trained to
+        write it as a coordinate and every number tile's point lost its x/y pairing.
+        `after_at=False` (a pointing answer, "103 121"): every integer."""
         if not self._int_ids:
             return roles
-        return [
-            POINT if r == TEXT and i < len(target) and target[i] in self._int_ids else r
-            for i, r in enumerate(roles)
-        ]
+        is_int = [t in self._int_ids for t in target]
+        point = [False] * len(target)
+        for i in range(len(target)):
+            if not is_int[i]:
+                continue
+            if not after_at:
+                point[i] = True
+            elif i > 0 and target[i - 1] == self._at_id:
+                point[i] = True  # x
+            elif i > 1 and point[i - 1] and target[i - 2] == self._at_id:
+                point[i] = True  # y
+        return [POINT if r == TEXT and i < len(target) and point[i] else r for i, r in enumerate(roles)]
 
     def robot_example(self, frame: int, plain: bool, plan_age: int = 0) -> Example:
         """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
@@ -301,7 +314,7 @@ class RobotData:
             frame,
             [BOS_TOKEN_ID, *self.text(fmt.vl_prompt(question))],
             [*t, EOS_TOKEN_ID],
-            self._points_marked(t, roles) if kind == "pointing" else roles,
+            self._points_marked(t, roles, after_at=False) if kind == "pointing" else roles,
             "vl",
         )
 

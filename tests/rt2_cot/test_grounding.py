@@ -195,3 +195,30 @@ def test_stale_plan_examples_give_the_old_plan_as_prompt_text(tmp_path):
     assert scored.roles.count(POINT) == 2 * fresh_plan_points(data.frames[4]["plan"])
     assert scored.roles[-9:] == [*range(8), -1]
     assert POINT not in fresh.roles
+
+
+def test_point_roles_mark_the_coordinates_after_at_not_a_number_tiles_digit(tmp_path):
+    """In "place the rock at 162 148 on the number 6 at 123 136" the POINTs are the two pairs after
+    "at"; the 6 is a word the plan must get exactly (until session 16 it was a POINT too: the pointer
+    wrote the digit as a coordinate and the tile's x and y lost their pairing)."""
+    from rt2_cot.data.datagen import DatagenConfig, generate
+    from rt2_cot.data.dataset import POINT, TEXT, RobotData
+    from rt2_cot.model import load_tokenizer
+
+    generate(tmp_path, DatagenConfig(episodes=2, seed=3, families=("place_on_number", "arithmetic")))
+    tok = load_tokenizer()
+    data = RobotData([tmp_path], tok, grounded=True, point_roles=True)
+    for frame in range(len(data.frames)):
+        example = data.robot_example(frame, plain=False)
+        words = tok.convert_ids_to_tokens(example.target)
+        tile = data.frames[frame]["plan"].split("number ")[1].split()[0]
+        assert f"number {tile} at" in tok.decode(example.target)
+        digit = words.index(tile, words.index("number"))
+        assert example.roles[digit] == TEXT
+        points = [i for i, r in enumerate(example.roles) if r == POINT]
+        assert points and all(words[i - 1] == "at" or words[i - 2] == "at" for i in points)
+        assert len(points) == 2 * fresh_plan_points(data.frames[frame]["plan"])
+    # A pointing answer ("where is the number 6" -> "123 136") is all coordinates.
+    pointing = [i for i, v in enumerate(data.vl) if v[3] == "pointing"]
+    answer = data.vl_example(pointing[0])
+    assert answer.roles.count(POINT) == 2
