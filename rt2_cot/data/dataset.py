@@ -260,10 +260,9 @@ class RobotData:
         `after_at=False` (a pointing answer, "103 121"): every integer."""
         if not self._int_ids:
             return roles
-        is_int = [t in self._int_ids for t in target]
         point = [False] * len(target)
-        for i in range(len(target)):
-            if not is_int[i]:
+        for i, token in enumerate(target):
+            if token not in self._int_ids:
                 continue
             if not after_at:
                 point[i] = True

@@ -258,11 +258,23 @@ class PointerReadout(nn.Module):
             scores = scores + self.name_gain * (item @ where.transpose(-1, -2))
         return torch.softmax(scores, dim=-1)
 
-    def point(self, hidden, keys, points, where=None) -> torch.Tensor:
+    def point(
+        self,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        points: torch.Tensor,
+        where: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Hidden (B, T, d) -> the attended image point (B, T, 2), x and y in 0..255 units."""
         return self.attention(hidden, keys, where) @ points
 
-    def forward(self, hidden, keys, points, where=None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        points: torch.Tensor,
+        where: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Hidden (B, T, d) -> logits to add to the bins 0..255 (B, T, 256)."""
         xy = self.point(hidden, keys, points, where)
         bins = torch.arange(256, dtype=xy.dtype)
