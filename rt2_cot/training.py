@@ -108,6 +108,10 @@ class TrainConfig:
     vl_fraction: float = 0.25
     plain_fraction: float = 0.1
     stale_plan_fraction: float = 0.0  # robot examples whose plan is 1-4 steps old, as plan reuse feeds it
+    # Instruction augmentation: the share of robot examples whose instruction is swapped for another
+    # training phrasing of the same task (robot_io.sim.tasks.training_phrasings: the family's train
+    # templates plus AUGMENT_PHRASINGS, never a held-out one). The plan and action stay the frame's.
+    instruction_augment: float = 0.0
     action_sigma_bins: float = 3.0
     action_aux_weight: float = 1.0
     # Written into the checkpoint: greedy decoding reads the motion bins at their expected value,
@@ -140,6 +144,10 @@ class TrainConfig:
             raise ConfigError(
                 f"{path}: data_mix needs one non-negative share per data folder ({len(cfg.data)}), "
                 f"got {cfg.data_mix}"
+            )
+        if not 0.0 <= cfg.instruction_augment <= 1.0:
+            raise ConfigError(
+                f"{path}: instruction_augment is a share of examples, 0..1; got {cfg.instruction_augment}"
             )
         return cfg
 
@@ -682,6 +690,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             cfg.plain_fraction,
             cfg.stale_plan_fraction,
             mix=cfg.data_mix or None,
+            rephrase=cfg.instruction_augment,
         )
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, run_progress(step, elapsed(), cfg), cfg)

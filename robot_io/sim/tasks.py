@@ -26,6 +26,7 @@ held-out splits (train colour_match uses block/ball references).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -447,6 +448,98 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# More training phrasings per family, for instruction augmentation at training time (TrainConfig.
+# instruction_augment): a robot example's instruction is now and then swapped for another training
+# phrasing of the same task. Datagen draws from `train` alone, so data written before these existed
+# stays valid. None of these is a held-out phrasing, and none uses a held-out phrasing's own words
+# ("beside", "so it is close to", "symbol", "sign", "digit", "answer", "result", "could you",
+# "take hold", "that is", "one and", "matches", "all the others", "whatever", "quench", "beverage",
+# "snack", "trees", "crack", "nut"); `test_tasks` checks it against every family's held-out list.
+AUGMENT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "pick": (
+        "raise the {target}",
+        "get the {target}",
+        "please lift the {target}",
+        "grasp the {target} and lift it",
+        "i want you to pick up the {target}",
+    ),
+    "move_near": (
+        "put the {target} near the {reference}",
+        "set the {target} by the {reference}",
+        "push the {target} toward the {reference}",
+        "slide the {target} over to the {reference}",
+        "take the {target} to the {reference}",
+        "move the {target} next to the {reference}",
+        "i want the {target} near the {reference}",
+    ),
+    "place_on_symbol": (
+        "set the {target} on the {tile}",
+        "lay the {target} on the {tile}",
+        "place the {target} onto the {tile}",
+        "move the {target} to the {tile}",
+    ),
+    "place_on_number": (
+        "set the {target} on the number {tile}",
+        "place the {target} on {tile}",
+        "put the {target} on the number {tileword}",
+        "move the {target} to the number {tile}",
+        "lay the {target} on the number {tileword}",
+    ),
+    "arithmetic": (
+        "place the {target} on {a} {op} {b}",
+        "move the {target} onto {a} {op} {b}",
+        "put the {target} on the number {a} {op} {b} makes",
+    ),
+    "colour": ("get the {colour} object", "raise the {colour} item", "take the {colour} thing"),
+    "colour_match": (
+        "move the {target} next to the {refkind} of the same colour",
+        "put the {target} near the {refkind} with the same colour",
+        "bring the {target} near the {refkind} in the same colour",
+    ),
+    "smallest": ("get the smallest object", "lift the smallest thing", "pick up the littlest item"),
+    "largest": ("get the largest object", "lift the biggest thing", "pick up the biggest object"),
+    "closest_to": (
+        "pick up the object nearest the {reference}",
+        "grab the item closest to the {reference}",
+        "lift the thing nearest to the {reference}",
+    ),
+    "semantic_drink": ("get me something to drink", "i want a drink", "fetch a drink"),
+    "semantic_fruit": ("pick up something i can eat", "grab a piece of fruit", "i want some fruit"),
+    "semantic_tool": (
+        "pick up something to hammer with",
+        "grab a tool for hammering a nail",
+        "i need something to hit a nail with",
+    ),
+}
+
+
+def training_phrasings(family: str, instruction: str) -> tuple[str, ...]:
+    """Every training phrasing (the family's `train` templates and AUGMENT_PHRASINGS) of the task
+    that `instruction`, written from one of the family's train templates, poses: the same target,
+    reference, tile, colour or sum. Empty when the instruction matches none of them."""
+    fam = FAMILIES.get(family)
+    if fam is None:
+        return ()
+    text = _normalise(instruction)
+    for template in fam.train:
+        m = _template_regex(_normalise(template)).fullmatch(text)
+        if m is None:
+            continue
+        slots = {k: v.lower() for k, v in m.groupdict().items() if v}
+        if "tile" in slots and slots["tile"].isdigit():
+            slots.setdefault("tileword", NUMBER_WORDS[int(slots["tile"])])
+        if "tileword" in slots:
+            slots.setdefault("tile", str(NUMBER_WORDS.index(slots["tileword"])))
+        out = []
+        for t in (*fam.train, *AUGMENT_PHRASINGS.get(family, ())):
+            try:
+                out.append(_format(t, slots))
+            except KeyError:  # needs a slot this instruction does not give (not in the bank)
+                continue
+        return tuple(dict.fromkeys(out))
+    return ()
+
+
 def _split_flags(split: str) -> SplitFlags:
     if split not in SPLITS:
         raise TaskError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -511,6 +604,7 @@ def _slot_pattern(slot: str) -> str:
     return f"(?P<{slot}>{'|'.join(re.escape(a) for a in alternatives)})"
 
 
+@functools.lru_cache(maxsize=512)
 def _template_regex(template: str) -> re.Pattern:
     parts = re.split(r"(\{\w+\})", template)
     out = []

@@ -123,6 +123,7 @@ class RobotData:
             np.arange(len(folders)), [sum(s.num_frames for s in shards) for shards in per_folder]
         )
         self._by_folder: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self._phrasings: dict[tuple[str, str], tuple[str, ...]] = {}  # see phrasings()
         self.frames: list[dict] = []  # per global frame: instruction, plan, action, episode key, split
         self.vl: list[tuple[int, str, str, str]] = []  # (frame, question, answer, kind)
         self.features: torch.Tensor | None = None  # packed stride-16 + head maps, (N, 27648) fp16
@@ -272,10 +273,26 @@ class RobotData:
                 point[i] = True  # y
         return [POINT if r == TEXT and i < len(target) and point[i] else r for i, r in enumerate(roles)]
 
-    def robot_example(self, frame: int, plain: bool, plan_age: int = 0) -> Example:
-        """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
-        it at inference), with this frame's image and action."""
+    def phrasings(self, frame: int) -> tuple[str, ...]:
+        """Every training phrasing of the frame's task (robot_io.sim.tasks.training_phrasings), its
+        own instruction among them; worked out once per instruction."""
+        from robot_io.sim.tasks import training_phrasings
+
         f = self.frames[frame]
+        key = (f["family"], f["instruction"])
+        if key not in self._phrasings:
+            self._phrasings[key] = training_phrasings(*key) or (f["instruction"],)
+        return self._phrasings[key]
+
+    def robot_example(
+        self, frame: int, plain: bool, plan_age: int = 0, instruction: str | None = None
+    ) -> Example:
+        """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
+        it at inference), with this frame's image and action. `instruction`: another phrasing of the
+        frame's task to prompt with (instruction augmentation); the plan and action stay the frame's."""
+        f = self.frames[frame]
+        if instruction is not None:
+            f = {**f, "instruction": instruction}
         earlier = frame
         while plan_age > 0 and earlier > 0 and self.frames[earlier - 1]["episode"] == f["episode"]:
             earlier, plan_age = earlier - 1, plan_age - 1
@@ -326,9 +343,12 @@ class RobotData:
         stale_plan_fraction: float = 0.0,
         max_plan_age: int = 4,
         mix: list[float] | None = None,
+        rephrase: float = 0.0,
     ) -> Batch:
         """`mix`: the share of robot examples drawn from each data folder (in the order given); None
-        draws uniformly over all frames, so folders weigh by their frame counts."""
+        draws uniformly over all frames, so folders weigh by their frame counts. `rephrase`: the share
+        of robot examples prompted with a training phrasing of their task drawn at random (any of
+        `phrasings`, the frame's own included) instead of the instruction the episode was written with."""
         examples = []
         groups = self._frames_by_folder() if mix else None
         if groups is not None:
@@ -343,8 +363,17 @@ class RobotData:
                     pool = groups[int(rng.choice(len(groups), p=weights))]
                 frame = int(pool[rng.integers(len(pool))])
                 age = int(rng.integers(1, max_plan_age + 1)) if rng.random() < stale_plan_fraction else 0
+                instruction = None
+                if rephrase and rng.random() < rephrase:
+                    options = self.phrasings(frame)
+                    instruction = options[int(rng.integers(len(options)))]
                 examples.append(
-                    self.robot_example(frame, plain=bool(rng.random() < plain_fraction), plan_age=age)
+                    self.robot_example(
+                        frame,
+                        plain=bool(rng.random() < plain_fraction),
+                        plan_age=age,
+                        instruction=instruction,
+                    )
                 )
         return self.collate(examples)
 

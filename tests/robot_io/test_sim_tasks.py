@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from robot_io.sim.scene import KINDS, SceneError, parse_object_name
-from robot_io.sim.tasks import FAMILIES, SPLITS, TaskError, sample_task, task_from_dict, task_from_instruction
+from robot_io.sim.tasks import (
+    AUGMENT_PHRASINGS,
+    FAMILIES,
+    SPLITS,
+    TaskError,
+    sample_task,
+    task_from_dict,
+    task_from_instruction,
+    training_phrasings,
+)
 
 
 def _kind(name: str) -> str:
@@ -60,6 +69,46 @@ def test_matcher_round_trips_every_template():
                 assert parsed.family == family, task.instruction
                 if "{target}" in " ".join(FAMILIES[family].train):
                     assert parsed.target == task.target
+
+
+def test_training_phrasings_pose_the_same_task_and_never_a_heldout_one():
+    import re
+
+    assert set(AUGMENT_PHRASINGS) == set(FAMILIES)
+    rng = np.random.default_rng(3)
+    for family, fam in FAMILIES.items():
+        # No augmentation template shares a held-out phrasing's wording beyond its slots.
+        heldout_words = {re.sub(r"\{\w+\}", "{}", t) for t in fam.heldout}
+        for t in AUGMENT_PHRASINGS[family]:
+            assert re.sub(r"\{\w+\}", "{}", t) not in heldout_words, t
+        for _ in range(6):
+            task = sample_task(rng, family)
+            phrasings = training_phrasings(family, task.instruction)
+            assert task.instruction in phrasings and len(phrasings) > len(fam.train) // 2 + 1
+            heldout = {
+                sample_task(np.random.default_rng(k), family, "heldout_phrasing").instruction
+                for k in range(20)
+            }
+            for text in phrasings:
+                assert text not in heldout
+                if family == "arithmetic":  # the sum stays the same, in words or digits
+                    assert (
+                        re.search(r"(\w+) (plus|minus) (\w+)$", task.instruction).groups()
+                        == re.search(r"(\w+) (plus|minus) (\w+)( makes)?$", text).groups()[:3]
+                    )
+                for slot in ("target", "reference"):
+                    value = getattr(task, slot)
+                    if (
+                        value
+                        and f"{{{slot}}}" in " ".join(fam.train)
+                        and f"{{{slot}}}" in " ".join((*fam.train, *AUGMENT_PHRASINGS[family]))
+                    ):
+                        assert value in text or family == "place_on_number", (family, text)
+    # Numbers come back in digits and in words: "put the X on 4" -> "... on the number four".
+    assert "put the red block on the number four" in training_phrasings(
+        "place_on_number", "put the red block on 4"
+    )
+    assert training_phrasings("pick", "do a dance") == () and training_phrasings("no_such_family", "x") == ()
 
 
 def test_matcher_accepts_us_spellings_and_natural_colours():

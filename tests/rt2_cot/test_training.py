@@ -282,6 +282,15 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     assert differing(cells, window) == {"init_from", "pointer_cell_weight", "max_minutes"}
     names = asdict(TrainConfig.from_yaml(configs / "pointer_names.yaml"))
     assert differing(names, window) == {"init_from", "pointer_names", "max_minutes"}
+    settle = asdict(TrainConfig.from_yaml(configs / "pointer_names_settle.yaml"))
+    assert differing(settle, names) == {
+        "init_from",
+        "data_mix",
+        "lr",
+        "lr_pretrained",
+        "instruction_augment",
+        "max_minutes",
+    }
     with pytest.raises(ConfigError, match="data_mix"):
         (tmp_path / "mix.yaml").write_text("data: [a, b]\ndata_mix: [1.0]\n")
         TrainConfig.from_yaml(tmp_path / "mix.yaml")
@@ -406,3 +415,42 @@ def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
     assert abs(share_small(None) - by_frames) < 0.05
     assert abs(share_small([0.5, 0.5]) - 0.5) < 0.06
     assert share_small([1.0, 0.0]) == 0.0
+
+
+def test_instruction_augment_rephrases_the_prompt_and_keeps_plan_and_action(tmp_path):
+    """`instruction_augment`: robot examples prompt with another training phrasing of their task."""
+    import numpy as np
+
+    from robot_io.sim.tasks import training_phrasings
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    generate(tmp_path, DatagenConfig(episodes=4, seed=8, episodes_per_shard=4))
+    tok = load_tokenizer()
+    data = RobotData([tmp_path], tok, grounded=True)
+    drawn = []
+    data.collate = lambda examples: drawn.extend(examples)
+    for rephrase in (0.0, 1.0):
+        drawn.clear()
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            data.sample(rng, 16, vl_fraction=0.0, plain_fraction=0.0, rephrase=rephrase)
+        changed = 0
+        for e in drawn:
+            f = data.frames[e.frame]
+            own = data.robot_example(e.frame, plain=False)
+            assert e.target == own.target and e.roles == own.roles  # plan and action: the frame's
+            if e.prompt != own.prompt:
+                changed += 1
+                prompts = {
+                    tuple(data.robot_example(e.frame, plain=False, instruction=t).prompt)
+                    for t in training_phrasings(f["family"], f["instruction"])
+                }
+                assert tuple(e.prompt) in prompts
+        if rephrase == 0.0:
+            assert changed == 0
+        else:  # most draws pick another phrasing than the frame's own (1 in 5-10 pick it)
+            assert changed > 0.6 * len(drawn)
+    (tmp_path / "bad.yaml").write_text("instruction_augment: 1.5\n")
+    with pytest.raises(ConfigError, match="instruction_augment"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
