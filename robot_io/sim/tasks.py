@@ -459,7 +459,6 @@ AUGMENT_PHRASINGS: dict[str, tuple[str, ...]] = {
     "pick": (
         "raise the {target}",
         "get the {target}",
-        "please lift the {target}",
         "grasp the {target} and lift it",
         "i want you to pick up the {target}",
     ),
@@ -470,7 +469,6 @@ AUGMENT_PHRASINGS: dict[str, tuple[str, ...]] = {
         "slide the {target} over to the {reference}",
         "take the {target} to the {reference}",
         "move the {target} next to the {reference}",
-        "i want the {target} near the {reference}",
     ),
     "place_on_symbol": (
         "set the {target} on the {tile}",

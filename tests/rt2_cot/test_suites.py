@@ -254,3 +254,38 @@ def test_cli_malformed_suite_exits_nonzero_with_one_stderr_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: malformed suite") and "case 'c1'" in lines[0]
     assert proc.stdout == ""
+
+
+def _word_edits(a: list[str], b: list[str]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def test_no_augmentation_phrasing_is_a_heldout_case_in_other_words():
+    """Instruction augmentation (robot_io.sim.tasks.AUGMENT_PHRASINGS) trains on more phrasings; none
+    of them, filled with a held-out phrasing case's own objects, is within one word of that case
+    ("please lift the X" would be for "please lift up the X")."""
+    from robot_io.sim.tasks import AUGMENT_PHRASINGS, NUMBER_WORDS
+
+    suite = load_suite(REPO / "prompts" / "suites" / "rt2_core.yaml")
+    checked = 0
+    for case in suite.cases:
+        if case.split != "heldout_phrasing":
+            continue
+        task = build_task(case)
+        slots = {"target": task.target, "reference": task.reference, "tile": task.reference}
+        if task.reference.isdigit():
+            slots["tileword"] = NUMBER_WORDS[int(task.reference)]
+        words = case.instruction.lower().rstrip(".!?").split()
+        for template in AUGMENT_PHRASINGS[task.family]:
+            try:
+                text = template.format(**slots)
+            except KeyError:
+                continue
+            assert _word_edits(text.split(), words) >= 2, (case.id, text)
+            checked += 1
+    assert checked >= 10
