@@ -623,7 +623,8 @@ def _normalise(text: str) -> str:
 def task_from_instruction(
     instruction: str, rng: np.random.Generator | None = None, split: str = "train"
 ) -> TaskSpec:
-    """Match free text against every family's templates ("pick up the red block" -> pick).
+    """Match free text against every family's templates, train, held-out and AUGMENT_PHRASINGS
+    ("pick up the red block" -> pick), so the simulator poses what the model was trained on.
 
     Objects the text does not name (e.g. which drink for "I am thirsty") are drawn from `rng`.
     The returned spec keeps the user's own words as its instruction.
@@ -631,7 +632,7 @@ def task_from_instruction(
     rng = rng if rng is not None else np.random.default_rng(0)
     text = _normalise(instruction)
     for fam in FAMILIES.values():
-        for template in (*fam.train, *fam.heldout):
+        for template in (*fam.train, *fam.heldout, *AUGMENT_PHRASINGS[fam.name]):
             m = _template_regex(_normalise(template)).fullmatch(text)
             if m is None:
                 continue

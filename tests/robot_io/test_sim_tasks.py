@@ -104,6 +104,14 @@ def test_training_phrasings_pose_the_same_task_and_never_a_heldout_one():
                         and f"{{{slot}}}" in " ".join((*fam.train, *AUGMENT_PHRASINGS[family]))
                     ):
                         assert value in text or family == "place_on_number", (family, text)
+    # The simulator poses them too (the oracle and `rt2-cot sim` read free text this way).
+    for family, templates in AUGMENT_PHRASINGS.items():
+        task = sample_task(rng, family)
+        phrasings = training_phrasings(family, task.instruction)
+        n_train = len(FAMILIES[family].train)
+        assert len(phrasings) == n_train + len(templates)  # each template rendered once, in order
+        for text in phrasings[n_train:]:
+            assert task_from_instruction(text, np.random.default_rng(0)).family == family, text
     # Numbers come back in digits and in words: "put the X on 4" -> "... on the number four".
     assert "put the red block on the number four" in training_phrasings(
         "place_on_number", "put the red block on 4"
