@@ -280,6 +280,8 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     }
     cells = asdict(TrainConfig.from_yaml(configs / "pointer_cells.yaml"))
     assert differing(cells, window) == {"init_from", "pointer_cell_weight", "max_minutes"}
+    fix = asdict(TrainConfig.from_yaml(configs / "point_fix.yaml"))
+    assert differing(fix, window) == {"init_from", "max_minutes"}
     names = asdict(TrainConfig.from_yaml(configs / "pointer_names.yaml"))
     assert differing(names, window) == {"init_from", "pointer_names", "max_minutes"}
     settle = asdict(TrainConfig.from_yaml(configs / "pointer_names_settle.yaml"))
