@@ -454,7 +454,10 @@ FAMILIES: dict[str, Family] = {
 # stays valid. None of these is a held-out phrasing, and none uses a held-out phrasing's own words
 # ("beside", "so it is close to", "symbol", "sign", "digit", "answer", "result", "could you",
 # "take hold", "that is", "one and", "matches", "all the others", "whatever", "quench", "beverage",
-# "snack", "trees", "crack", "nut"); `test_tasks` checks it against every family's held-out list.
+# "snack", "trees", "crack", "nut"). Tests check them against every family's held-out templates
+# (tests/robot_io/test_sim_tasks.py) and against the held-out cases of prompts/suites/rt2_core.yaml
+# (tests/rt2_cot/test_suites.py: none within one word of a case). Phase 17 (session 17) trained with
+# them: see the model card.
 AUGMENT_PHRASINGS: dict[str, tuple[str, ...]] = {
     "pick": (
         "raise the {target}",
