@@ -630,20 +630,27 @@ def write_recording(
     raise CameraError(f"the RealSense recorder kept losing frames writing {path}: {counts} of {expected}")
 
 
-def recorded_image_counts(path: str | Path) -> dict[str, int]:
-    """Images stored per stream ("color", "depth") in a .db3 recording, read from its rosbag2 tables."""
+def _query_db3(path: str | Path, sql: str) -> list[tuple]:
+    """Rows of `sql` over a .db3 recording's rosbag2 tables (`messages`, `topics`), opened read-only;
+    CameraError if the file is missing or not an SQLite store."""
     import sqlite3
 
     path = Path(path)
     require(path.is_file(), f"recording {path} not found")
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT t.name, COUNT(*) FROM messages m JOIN topics t ON m.topic_id = t.id "
-                "WHERE t.name LIKE '%/image/data%' GROUP BY t.name"
-            ).fetchall()
+            return db.execute(sql).fetchall()
     except sqlite3.DatabaseError as exc:
         raise CameraError(f"{path} is not a readable .db3 recording: {exc}") from None
+
+
+def recorded_image_counts(path: str | Path) -> dict[str, int]:
+    """Images stored per stream ("color", "depth") in a .db3 recording, read from its rosbag2 tables."""
+    rows = _query_db3(
+        path,
+        "SELECT t.name, COUNT(*) FROM messages m JOIN topics t ON m.topic_id = t.id "
+        "WHERE t.name LIKE '%/image/data%' GROUP BY t.name",
+    )
     counts: dict[str, int] = {}
     for topic, n in rows:
         kind = "color" if "/Color_" in topic else "depth" if "/Depth_" in topic else None
@@ -655,19 +662,17 @@ def recorded_image_counts(path: str | Path) -> dict[str, int]:
 def first_color_frame_number(path: str | Path) -> int | None:
     """The frame number of a .db3 recording's first colour image (from its metadata topic, whose
     messages read "Frame number=N;..."), or None if the file does not say."""
-    import sqlite3
-
     try:
-        with closing(sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)) as db:
-            row = db.execute(
-                "SELECT m.data FROM messages m JOIN topics t ON m.topic_id = t.id "
-                "WHERE t.name LIKE '%/Color_%/image/metadata' ORDER BY m.timestamp LIMIT 1"
-            ).fetchone()
-    except sqlite3.DatabaseError:
+        rows = _query_db3(
+            path,
+            "SELECT m.data FROM messages m JOIN topics t ON m.topic_id = t.id "
+            "WHERE t.name LIKE '%/Color_%/image/metadata' ORDER BY m.timestamp LIMIT 1",
+        )
+    except CameraError:
         return None  # not a readable store: pipeline.start() reports that in its own words
-    if row is None:
+    if not rows:
         return None
-    found = re.search(rb"Frame number=(\d+)", bytes(row[0]))
+    found = re.search(rb"Frame number=(\d+)", bytes(rows[0][0]))
     return int(found.group(1)) if found else None
 
 

@@ -521,24 +521,21 @@ def training_phrasings(family: str, instruction: str) -> tuple[str, ...]:
     fam = FAMILIES.get(family)
     if fam is None:
         return ()
-    text = _normalise(instruction)
-    for template in fam.train:
-        m = _template_regex(_normalise(template)).fullmatch(text)
-        if m is None:
+    matched = _match_template(fam.train, instruction)
+    if matched is None:
+        return ()
+    slots = {k: v.lower() for k, v in matched[1].items()}
+    if "tile" in slots and slots["tile"].isdigit():
+        slots.setdefault("tileword", NUMBER_WORDS[int(slots["tile"])])
+    if "tileword" in slots:
+        slots.setdefault("tile", str(NUMBER_WORDS.index(slots["tileword"])))
+    out = []
+    for t in (*fam.train, *AUGMENT_PHRASINGS.get(family, ())):
+        try:
+            out.append(_format(t, slots))
+        except KeyError:  # needs a slot this instruction does not give (not in the bank)
             continue
-        slots = {k: v.lower() for k, v in m.groupdict().items() if v}
-        if "tile" in slots and slots["tile"].isdigit():
-            slots.setdefault("tileword", NUMBER_WORDS[int(slots["tile"])])
-        if "tileword" in slots:
-            slots.setdefault("tile", str(NUMBER_WORDS.index(slots["tileword"])))
-        out = []
-        for t in (*fam.train, *AUGMENT_PHRASINGS.get(family, ())):
-            try:
-                out.append(_format(t, slots))
-            except KeyError:  # needs a slot this instruction does not give (not in the bank)
-                continue
-        return tuple(dict.fromkeys(out))
-    return ()
+    return tuple(dict.fromkeys(out))
 
 
 def _split_flags(split: str) -> SplitFlags:
@@ -623,6 +620,16 @@ def _normalise(text: str) -> str:
     return text.replace("color", "colour").replace("gray", "grey")  # US spellings
 
 
+def _match_template(templates, instruction: str) -> tuple[str, dict[str, str]] | None:
+    """The first of `templates` that `instruction` fills, with the slots it gives, or None."""
+    text = _normalise(instruction)
+    for template in templates:
+        m = _template_regex(_normalise(template)).fullmatch(text)
+        if m is not None:
+            return template, {k: v for k, v in m.groupdict().items() if v}
+    return None
+
+
 def task_from_instruction(
     instruction: str, rng: np.random.Generator | None = None, split: str = "train"
 ) -> TaskSpec:
@@ -633,18 +640,15 @@ def task_from_instruction(
     The returned spec keeps the user's own words as its instruction.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    text = _normalise(instruction)
     for fam in FAMILIES.values():
-        for template in (*fam.train, *fam.heldout, *AUGMENT_PHRASINGS[fam.name]):
-            m = _template_regex(_normalise(template)).fullmatch(text)
-            if m is None:
-                continue
-            given = {
-                k: _canonical(v) if k in ("target", "reference") else v for k, v in m.groupdict().items() if v
-            }
-            slots = fam.fill(rng, _split_flags(split), given)
-            spec = _make_spec(fam, template, slots, _split_flags(split), split, rng)
-            return _replace(spec, instruction=instruction.strip())
+        matched = _match_template((*fam.train, *fam.heldout, *AUGMENT_PHRASINGS[fam.name]), instruction)
+        if matched is None:
+            continue
+        template, found = matched
+        given = {k: _canonical(v) if k in ("target", "reference") else v for k, v in found.items()}
+        slots = fam.fill(rng, _split_flags(split), given)
+        spec = _make_spec(fam, template, slots, _split_flags(split), split, rng)
+        return _replace(spec, instruction=instruction.strip())
     examples = "; ".join(
         f"'{sample_task(np.random.default_rng(0), name).instruction}'"
         for name in ("pick", "move_near", "place_on_number", "arithmetic", "semantic_drink")
