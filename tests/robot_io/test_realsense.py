@@ -58,9 +58,9 @@ def test_d435_fixture_plays_with_aligned_depth(realsense_bag):
             cam.read()
 
 
-def _lose_first_passes(monkeypatch, lost: int) -> list[int]:
-    """Make the first `lost` playback passes deliver nothing, as librealsense now and then does
-    (3 in 120 opens of the fixture); returns the list of connects, one entry per open."""
+def _patch_passes(monkeypatch, wait) -> list[int]:
+    """Count the camera's opens and read framesets through `wait(camera, real_wait, opens)`;
+    returns the list of connects, one entry per open."""
     real_wait, real_connect = RealSenseCamera._wait_frameset, RealSenseCamera.connect
     opens: list[int] = []
 
@@ -68,16 +68,23 @@ def _lose_first_passes(monkeypatch, lost: int) -> list[int]:
         opens.append(len(opens))
         real_connect(self)
 
-    def wait(self):
+    monkeypatch.setattr(RealSenseCamera, "connect", connect)
+    monkeypatch.setattr(RealSenseCamera, "_wait_frameset", lambda self: wait(self, real_wait, opens))
+    return opens
+
+
+def _lose_first_passes(monkeypatch, lost: int) -> list[int]:
+    """Make the first `lost` playback passes deliver nothing, as librealsense now and then does
+    (3 in 120 opens of the fixture); returns the list of connects, one entry per open."""
+
+    def wait(self, real_wait, opens):
         if len(opens) <= lost:
             while real_wait(self) is not None:  # let the pass play, but drop what it delivers
                 pass
             return None
         return real_wait(self)
 
-    monkeypatch.setattr(RealSenseCamera, "connect", connect)
-    monkeypatch.setattr(RealSenseCamera, "_wait_frameset", wait)
-    return opens
+    return _patch_passes(monkeypatch, wait)
 
 
 def test_a_first_pass_that_delivers_nothing_is_reopened_once(realsense_bag, monkeypatch):
@@ -206,14 +213,8 @@ def test_a_pass_that_began_past_the_first_frame_is_reopened(tmp_path, monkeypatc
     asked for 4 frames read 1. Simulated here by dropping all but the last frameset of the first pass."""
     colors, depths, intrinsics = _synthetic(6)
     path = write_recording(tmp_path / "ahead.db3", colors, depths, intrinsics)
-    real_wait, real_connect = RealSenseCamera._wait_frameset, RealSenseCamera.connect
-    opens: list[int] = []
 
-    def connect(self):
-        opens.append(len(opens))
-        real_connect(self)
-
-    def wait(self):
+    def wait(self, real_wait, opens):
         if len(opens) == 1 and self._color_ts_ms is None:  # first pass: run ahead to the last frame
             last = None
             while (frames := real_wait(self)) is not None:
@@ -222,8 +223,7 @@ def test_a_pass_that_began_past_the_first_frame_is_reopened(tmp_path, monkeypatc
             return last
         return real_wait(self)
 
-    monkeypatch.setattr(RealSenseCamera, "connect", connect)
-    monkeypatch.setattr(RealSenseCamera, "_wait_frameset", wait)
+    opens = _patch_passes(monkeypatch, wait)
     frames = []
     with RealSenseCamera(RealSenseConfig(file=str(path), align_depth_to_color=False)) as cam:
         with pytest.raises(RecordingEnded):
