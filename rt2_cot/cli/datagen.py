@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --driver: in a driven episode, the chance each step is the model's (else the oracle's)",
     )
     parser.add_argument(
+        "--question-split",
+        metavar="SPLIT",
+        help="write question scenes instead of episodes: scenes laid out as this held-out split "
+        "(heldout_objects, heldout_background, ...) with only vision-language questions about their "
+        "first frame, never an instruction, plan or action (RT-2's 'unseen in robot data')",
+    )
+    parser.add_argument(
         "--no-shield",
         action="store_true",
         help="execute the oracle's commands unclipped (how data was written before session 3; the "
@@ -130,6 +137,16 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--driver must be a local rt2-cot-mini checkpoint or 'builtin', got {args.driver!r}"
             )
+    if args.question_split:
+        from robot_io.sim.tasks import SPLITS
+
+        held = [name for name in SPLITS if name not in ("train", "heldout_phrasing")]
+        if args.question_split not in held:
+            raise ConfigError(
+                f"--question-split must be one of {', '.join(held)}, got {args.question_split!r}"
+            )
+        if args.driver:
+            raise ConfigError("--question-split writes questions only; it cannot be combined with --driver")
     if args.families:
         from robot_io.sim.tasks import FAMILIES
 
@@ -151,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         driver=args.driver or "",
         driver_episodes=args.driver_episodes if args.driver else 0.0,
         driver_step_prob=args.driver_step_prob,
+        question_split=args.question_split or "",
     )
     totals = generate(args.out, cfg)
     print(json.dumps({"out": str(args.out), **totals}), file=sys.stdout)

@@ -4,7 +4,9 @@ the same scenes, written as shards (see `rt2_cot.data.format`).
 Robot data: per step, the frame (rendered at the sim camera's aspect and squashed to 128x128 exactly
 as the processor does at inference), the instruction, the oracle's plan and its command encoded by
 `ActionCodec` (deltas clipped to the per-step limit). Only `split="train"` tasks are generated, so the
-held-out phrasings, objects, backgrounds and distractor counts of `robot_io.sim.tasks` stay unseen.
+held-out phrasings, objects, backgrounds and distractor counts of `robot_io.sim.tasks` stay unseen
+in robot data. (`--question-split` writes question scenes with held-out objects or backgrounds:
+vision-language questions only, the analogue of RT-2's web data; see `DatagenConfig.question_split`.)
 
 Every frame also records `gripper` (the opening the arm reports before the step, 0..1), `points`
 (image positions of the gripper, objects and tiles, 0..255) and a `grounded_plan` that says where
@@ -31,8 +33,10 @@ from robot_io.errors import RobotIOError
 from rt2_cot.action_codec import ActionCodec
 from rt2_cot.data import format as fmt
 from rt2_cot.data.grounding import (
+    GRIPPER,
     execute,
     ground_plan,
+    pointing_question,
     pointing_questions,
     scene_points,
     tile_pointing_questions,
@@ -114,6 +118,15 @@ class DatagenConfig:
     driver: str = ""
     driver_episodes: float = 0.0
     driver_step_prob: float = 1.0
+    # Question scenes: lay out each scene as this held-out split of `robot_io.sim.tasks.SPLITS` would
+    # ("heldout_objects": bottles, lemons, pears and the diamond tile; "heldout_background": blue and
+    # green tables), render its first frame and write only vision-language questions about it (every
+    # scene question plus "where is the X" for every object and tile). No instruction, plan or action
+    # is recorded: the frames' episodes have split `fmt.QUESTION_SCENES` and training never makes robot examples
+    # of them. RT-2's unseen objects and backgrounds are unseen in robot data, not unknown to the
+    # model (its web data holds them); these questions are this project's analogue of that web data.
+    # The held-out instructions stay held out: no task of the evaluation suites is ever trained on.
+    question_split: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +404,34 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
         n_ep = min(cfg.episodes_per_shard, cfg.episodes - k * cfg.episodes_per_shard)
         for _ in range(n_ep):
             family = cfg.families[int(rng.integers(len(cfg.families)))] if cfg.families else None
-            task = sample_task(rng, family, split="train")
+            task = sample_task(rng, family, split=cfg.question_split or "train")
             ep_seed = int(rng.integers(2**31))
+            if cfg.question_split:
+                try:
+                    scene = question_scene(sim, task, ep_seed, cfg)
+                except RobotIOError as exc:
+                    logger.warning(f"scene skipped ({task.family}, seed {ep_seed}): {exc}")
+                    totals["failed"] += 1
+                    continue
+                ep_id, frame = len(episodes), len(images)
+                episodes.append(
+                    {
+                        "id": ep_id,
+                        "family": task.family,
+                        "instruction": "",
+                        "seed": ep_seed,
+                        "steps": 1,
+                        "split": fmt.QUESTION_SCENES,
+                    }
+                )
+                images.append(scene["image"])
+                actions.append([0] * 8)  # never trained on: the frame is not a robot example
+                episode_ids.append(ep_id)
+                frames.append(
+                    {"episode": ep_id, "step": 0, "instruction": "", "plan": "", "points": scene["points"]}
+                )
+                vl.extend({"frame": frame, **q} for q in scene["questions"])
+                continue
             try:
                 result = run_episode(sim, task, ep_seed, cfg, codec, driver=driver)
             except RobotIOError as exc:  # a layout that cannot be built: count it and move on
@@ -465,7 +504,7 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
         vl.extend(
             {"frame": int(rng.integers(len(images))), "question": q, "answer": a, "kind": kd}
             for q, a, kd in text_questions(rng, max(1, len(episodes) * 2))
-            if images
+            if images and not cfg.question_split
         )
         if not images:
             continue
@@ -488,6 +527,28 @@ def generate(out: Path, cfg: DatagenConfig) -> dict:
         json.dumps({"config": cfg.__dict__, "totals": totals}, indent=2)
     )
     return totals
+
+
+def question_scene(sim, task, seed: int, cfg: DatagenConfig) -> dict:
+    """One question scene (see `DatagenConfig.question_split`): the task's layout, the gripper home
+    or (a `cfg.random_start` share) over the table, its first frame, the items' points, and every
+    question about it: the scene questions and "where is the X" for each object and tile."""
+    sim.reset(task, seed=seed)
+    start_rng = np.random.default_rng([seed, 17])  # as run_episode's
+    if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
+        sim.home(random_start_xyz(start_rng))
+    frame = sim.render(cfg.render_width, cfg.render_height)
+    points = scene_points(sim, cfg.render_width, cfg.render_height)
+    objects, tiles = scene_state(sim)
+    rng = np.random.default_rng([seed, 23])
+    questions = [
+        {"question": q, "answer": a, "kind": k} for q, a, k in scene_questions(objects, tiles, rng, True)
+    ]
+    for name in points:
+        if name != GRIPPER:
+            q = pointing_question(points, name, 0)
+            questions.append({k: v for k, v in q.items() if k != "frame"})
+    return {"image": resize_image(frame.color, fmt.IMAGE_SIZE), "points": points, "questions": questions}
 
 
 def load_driver(model: str):

@@ -147,7 +147,7 @@ class RobotData:
                         "episode": f"{shard.path.parent.name}/{shard.path.stem}/{fr['episode']}",
                         # A frame whose replay could not be grounded is left out of grounded training.
                         "split": ep.get("split", "train")
-                        if not grounded or "grounded_plan" in fr
+                        if not grounded or "grounded_plan" in fr or ep.get("split") == fmt.QUESTION_SCENES
                         else "ungrounded",
                         "position": position_bins(fr["ee_xyz"], DEFAULT_POSITION_BOX)
                         if position_state and "ee_xyz" in fr
@@ -183,7 +183,11 @@ class RobotData:
             f["gripper_command"] = prev["action"][7] / 255.0 if same else None
         needed = [k for k, on in (("gripper", gripper_state), ("position", position_state)) if on]
         if needed:
-            missing = [f for f in self.frames if any(f[k] is None for k in needed)]
+            missing = [
+                f
+                for f in self.frames
+                if f["split"] != fmt.QUESTION_SCENES and any(f[k] is None for k in needed)
+            ]
             for f in missing:
                 f["split"] = "no-state"
             if missing and len(missing) == len(self.frames):
@@ -195,7 +199,9 @@ class RobotData:
         self.cell_vocab = sorted({n for f in self.frames for n, _, _ in f.get("items", ())})
         keep = {i for i, f in enumerate(self.frames) if f["split"] in splits}
         self.robot_frames = np.array(sorted(keep), dtype=np.int64)
-        self.vl = [v for v in self.vl if v[0] in keep]
+        # Question scenes (datagen --question-split) are asked about, never acted in.
+        asked = keep | {i for i, f in enumerate(self.frames) if f["split"] == fmt.QUESTION_SCENES}
+        self.vl = [v for v in self.vl if v[0] in asked]
         logger.info(
             f"data: {len(self.shards)} shards, {len(self.frames)} frames, "
             f"{len({f['episode'] for f in self.frames})} episodes, {len(self.vl)} vision-language examples"

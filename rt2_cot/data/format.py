@@ -5,7 +5,9 @@ A data folder holds shards written by `rt2-cot datagen`, each a pair:
     shard-<seed>-<k>.json  {"episodes": [...], "frames": [{"episode", "step", "instruction", "plan",
                             "grounded_plan", "points"}],
                             "vl": [{"frame", "question", "answer", "kind"}]}
-plus `meta.json` (generator settings, counts, held-out rules) and, after the first training run,
+An episode whose "split" is `QUESTION_SCENES` (datagen `--question-split`) is one frame with no
+instruction, plan or action: only its "vl" questions are trained on.
+Plus `meta.json` (generator settings, counts, held-out rules) and, after the first training run,
 `shard-*.features.v2.npy` (and `.s8.v2.npy`): the frozen backbone's features per frame (fp16), computed once.
 
 Text formats (the model is uncased; the runtime's parser tolerates case and spaces before ':'):
@@ -25,6 +27,8 @@ import numpy as np
 from rt2_cot.errors import ConfigError
 
 IMAGE_SIZE = 128
+# The episode split of question scenes: vision-language examples only, never robot examples.
+QUESTION_SCENES = "questions"
 
 
 def cot_prompt(

@@ -433,3 +433,82 @@ def test_datagen_cli_rejects_a_driver_that_is_not_a_local_checkpoint(tmp_path):
     share = run("--driver", "builtin", "--driver-step-prob", "1.5")
     assert share.returncode != 0 and "--driver-step-prob is a fraction" in share.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_question_scenes_hold_heldout_kinds_and_ask_only_questions(tmp_path):
+    """--question-split heldout_objects: one first frame per scene laid out with the held-out kinds,
+    no instruction, plan or action, and 'where is the X' with its true point for every item."""
+    from robot_io.sim.scene import KINDS
+
+    heldout = {name for name, kind in KINDS.items() if kind.heldout}
+    cfg = DatagenConfig(episodes=6, seed=8, episodes_per_shard=6, question_split="heldout_objects")
+    totals = generate(tmp_path, cfg)
+    assert totals["episodes"] == 6 and totals["frames"] == 6
+    shard = fmt.read_shard(fmt.shard_paths(tmp_path)[0])
+    assert {ep["split"] for ep in shard.meta["episodes"]} == {fmt.QUESTION_SCENES}
+    assert all("task" not in ep and ep["instruction"] == "" for ep in shard.meta["episodes"])
+    assert all(fr["plan"] == fr["instruction"] == "" and fr["step"] == 0 for fr in shard.meta["frames"])
+    assert len({bytes(img) for img in shard.images}) == 6  # six scenes
+    seen = {word for fr in shard.meta["frames"] for name in fr["points"] for word in name.split()}
+    assert seen & heldout, "held-out scenes hold held-out kinds"
+    for f, fr in enumerate(shard.meta["frames"]):
+        asked = [q for q in shard.meta["vl"] if q["frame"] == f]
+        for name, (x, y) in fr["points"].items():
+            if name == "gripper":
+                continue
+            label = f"number {name}" if name.isdigit() else name
+            assert {
+                "frame": f,
+                "question": f"where is the {label}",
+                "answer": f"{x} {y}",
+                "kind": "pointing",
+            } in asked
+        assert {q["kind"] for q in asked} >= {"pointing", "count"}
+    assert not [q for q in shard.meta["vl"] if q["kind"] == "arithmetic"]  # no text-only questions
+
+
+def test_question_scenes_are_asked_about_and_never_acted_in(tmp_path):
+    """Training data: question-scene frames give vision-language examples, never robot examples."""
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    episodes, scenes = tmp_path / "episodes", tmp_path / "scenes"
+    generate(episodes, DatagenConfig(episodes=2, seed=3, episodes_per_shard=2, start_frames_only=True))
+    generate(
+        scenes, DatagenConfig(episodes=3, seed=8, episodes_per_shard=3, question_split="heldout_objects")
+    )
+    # As the built-in model trains: the prompt states the arm's state, which scenes do not record.
+    data = RobotData(
+        [episodes, scenes],
+        load_tokenizer(),
+        grounded=True,
+        cell_names=True,
+        point_roles=True,
+        gripper_state=True,
+        gripper_motion=True,
+        position_state=True,
+    )
+    asked = {f for f, *_ in data.vl}
+    question_frames = {i for i, f in enumerate(data.frames) if f["split"] == fmt.QUESTION_SCENES}
+    assert len(question_frames) == 3 and question_frames <= asked
+    assert not question_frames & set(data.robot_frames.tolist()) and len(data.robot_frames) == 2
+    assert {"bottle", "lemon", "pear"} & {word for name in data.cell_vocab for word in name.split()}
+    acted, make = [], data.robot_example
+    data.robot_example = lambda frame, **kw: acted.append(frame) or make(frame, **kw)
+    data.load_features = None  # not needed: only which frames are drawn is checked
+    data.collate = lambda examples: examples
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # the scenes' folder has no robot frames, whatever share the mix gives it
+        data.sample(rng, 8, vl_fraction=0.0, plain_fraction=0.0, mix=[0.5, 0.5])
+    assert len(acted) == 80 and not set(acted) & question_frames
+
+
+def test_datagen_cli_rejects_a_question_split_that_is_not_held_out(tmp_path):
+    command = ["datagen", "--out", str(tmp_path), "--episodes", "1", "--question-split", "train"]
+    result = subprocess.run(
+        [sys.executable, "-m", "rt2_cot", *command],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "--question-split must be one of" in result.stderr
+    assert "heldout_objects" in result.stderr and not list(tmp_path.iterdir())

@@ -282,6 +282,9 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     assert differing(cells, window) == {"init_from", "pointer_cell_weight", "max_minutes"}
     fix = asdict(TrainConfig.from_yaml(configs / "point_fix.yaml"))
     assert differing(fix, window) == {"init_from", "max_minutes"}
+    scenes = asdict(TrainConfig.from_yaml(configs / "question_scenes.yaml"))
+    assert differing(scenes, fix) == {"init_from", "data", "data_mix"}
+    assert scenes["data"][:2] == window["data"] and scenes["data_mix"] == [*window["data_mix"], 0.0]
     names = asdict(TrainConfig.from_yaml(configs / "pointer_names.yaml"))
     assert differing(names, window) == {"init_from", "pointer_names", "max_minutes"}
     settle = asdict(TrainConfig.from_yaml(configs / "pointer_names_settle.yaml"))
