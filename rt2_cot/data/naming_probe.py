@@ -14,7 +14,9 @@ episodes start) it
   `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange).
 
 A model that answers "which object is the smallest" but does not plan for it has a transfer problem;
-one that answers neither does not see it.
+one that answers neither does not see it. `--split heldout_objects` draws the scenes as that
+held-out split (bottles, lemons, pears, the diamond tile): can the model name what no robot episode
+showed it?
 
     python -m rt2_cot.data.naming_probe checkpoints/rt2-cot-mini --scenes 12
 """
@@ -42,7 +44,11 @@ def _answer(model, proc, image, question: str) -> str:
 
 
 def naming_probe(
-    checkpoint: str, scenes: int = 12, seed: int = 11, families: list[str] | None = None
+    checkpoint: str,
+    scenes: int = 12,
+    seed: int = 11,
+    families: list[str] | None = None,
+    split: str = "train",
 ) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -61,7 +67,7 @@ def naming_probe(
     for f, family in enumerate(families or list(FAMILIES)):
         rng = np.random.default_rng([seed, f])
         for _ in range(scenes):
-            task = sample_task(rng, family)
+            task = sample_task(rng, family, split=split)
             sim.reset(task, seed=int(rng.integers(1_000_000_000)))
             image = sim.render().color
             objects, tiles = scene_state(sim)
@@ -79,6 +85,7 @@ def naming_probe(
         "checkpoint": checkpoint,
         "scenes_per_family": scenes,
         "seed": seed,
+        "split": split,
         "vl_accuracy": round(float(np.mean(every_answer)), 3) if every_answer else None,
         "plan_names_target": round(float(np.mean(every_plan)), 3) if every_plan else None,
         "vl_accuracy_by_kind": rates(vl),
@@ -92,8 +99,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=12, help="scenes per task family")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--families", nargs="+", help="task families (default: all)")
+    parser.add_argument("--split", default="train", help="scenes as this split of robot_io.sim.tasks.SPLITS")
     args = parser.parse_args()
-    print(json.dumps(naming_probe(args.checkpoint, args.scenes, args.seed, args.families)))
+    print(json.dumps(naming_probe(args.checkpoint, args.scenes, args.seed, args.families, args.split)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ point is then nearer the object the arm heads for than the target. Last, scenes 
 (`place_on_number`, `place_on_symbol`, first frames): asked "where is the number 7" and in its plan
 ("... on the number 7 at 158 107"), is the model's point nearer the named tile than the other one
 (`{number,symbol}_tile_asked_right`, `_plan_right`; 0.5 is a coin toss), and how far from it.
+`--split heldout_objects` lays every scene out as that held-out split (the pick's target a bottle,
+lemon or pear; the diamond tile among the symbols).
 
     python -m rt2_cot.data.pointing_probe runs/default/checkpoint --scenes 20
 """
@@ -71,7 +73,7 @@ def _plan_point(model, proc, image, sim, instruction: str) -> tuple[int, int] | 
     return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
-def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
+def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7, split: str = "train") -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import rt2_cot.model  # noqa: F401  (registers the Auto classes)
@@ -91,7 +93,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     }
     moved, confused, unparsed = [], [], 0
     for _ in range(scenes):
-        task = sample_task(rng, family="pick")
+        task = sample_task(rng, family="pick", split=split)
         answers = []
         for _ in range(2):  # the same object in two layouts
             sim.reset(task, seed=int(rng.integers(1_000_000_000)))
@@ -123,9 +125,9 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
             (a, ta), (b, tb) = answers
             if _distance(ta, tb) > 32:  # the object really moved
                 moved.append(_distance(a, b) > 16)
-    err["plan_target_heading_elsewhere"], follows = _heading_elsewhere(model, proc, sim, scenes, seed)
-    tiles = {kind: _tile_scenes(model, proc, sim, kind, scenes, seed) for kind in ("number", "symbol")}
-    summary = {"scenes": scenes, "unparsed": unparsed}
+    err["plan_target_heading_elsewhere"], follows = _heading_elsewhere(model, proc, sim, scenes, seed, split)
+    tiles = {kind: _tile_scenes(model, proc, sim, kind, scenes, seed, split) for kind in ("number", "symbol")}
+    summary = {"scenes": scenes, "split": split, "unparsed": unparsed}
     for key, values in err.items():
         v = np.array(values)
         summary[f"{key}_error_mean"] = round(float(v.mean()), 1) if len(v) else None
@@ -144,7 +146,9 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7) -> dict:
     return summary
 
 
-def _heading_elsewhere(model, proc, sim, scenes: int, seed: int) -> tuple[list[float], list[bool]]:
+def _heading_elsewhere(
+    model, proc, sim, scenes: int, seed: int, split: str = "train"
+) -> tuple[list[float], list[bool]]:
     """Scenes where the arm first heads for another object: the plan's point for the target, and
     whether it is nearer the object the arm heads for (the plan copies the arm) than the target."""
     from robot_io.sim.tasks import sample_task
@@ -154,7 +158,7 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int) -> tuple[list[f
     rng = np.random.default_rng([seed, 1])
     errors, follows = [], []
     for _ in range(scenes):
-        task = sample_task(rng, family="pick")
+        task = sample_task(rng, family="pick", split=split)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
         others = [o.name for o in sim.objects if o.name != task.target]
         if not others:
@@ -174,7 +178,9 @@ def _heading_elsewhere(model, proc, sim, scenes: int, seed: int) -> tuple[list[f
     return errors, follows
 
 
-def _tile_scenes(model, proc, sim, kind: str, scenes: int, seed: int) -> dict[str, list[tuple[bool, float]]]:
+def _tile_scenes(
+    model, proc, sim, kind: str, scenes: int, seed: int, split: str = "train"
+) -> dict[str, list[tuple[bool, float]]]:
     """First frames of `place_on_{kind}` (two tiles on the table): for the question "where is the
     {tile}" and for the plan's point of the tile, (nearer the named tile than any other, distance to
     it). A plan that names another tile or no point is scored on whatever point it gives, or skipped."""
@@ -184,7 +190,7 @@ def _tile_scenes(model, proc, sim, kind: str, scenes: int, seed: int) -> dict[st
     rng = np.random.default_rng([seed, 2 if kind == "number" else 3])
     found: dict[str, list[tuple[bool, float]]] = {"asked": [], "plan": []}
     for _ in range(scenes):
-        task = sample_task(rng, family=f"place_on_{kind}")
+        task = sample_task(rng, family=f"place_on_{kind}", split=split)
         sim.reset(task, seed=int(rng.integers(1_000_000_000)))
         image = sim.render().color
         pts = scene_points(sim, *image.shape[1::-1])
@@ -209,8 +215,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--split", default="train", help="scenes as this split of robot_io.sim.tasks.SPLITS")
     args = parser.parse_args()
-    print(json.dumps(pointing_probe(args.checkpoint, args.scenes, args.seed)))
+    print(json.dumps(pointing_probe(args.checkpoint, args.scenes, args.seed, args.split)))
 
 
 if __name__ == "__main__":

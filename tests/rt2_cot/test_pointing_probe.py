@@ -41,3 +41,25 @@ def test_naming_probe_scores_answers_and_plans_on_fresh_scenes():
     )
     # When the instruction names the object, the trained model's plan names it too.
     assert out["plan_names_target_by_family"]["pick"]["rate"] == 1.0
+
+
+def test_probes_draw_their_scenes_from_the_split_asked_for(monkeypatch):
+    """--split heldout_objects: every scene of both probes is laid out as that held-out split."""
+    from pathlib import Path
+
+    import robot_io.sim.tasks as tasks
+    from robot_io.sim.scene import KINDS
+    from rt2_cot.data.naming_probe import naming_probe
+    from rt2_cot.data.pointing_probe import pointing_probe
+
+    drawn, sample = [], tasks.sample_task
+    monkeypatch.setattr(tasks, "sample_task", lambda *a, **kw: drawn.append(sample(*a, **kw)) or drawn[-1])
+    ckpt = str(Path(__file__).resolve().parents[2] / "checkpoints" / "rt2-cot-mini")
+    assert (
+        naming_probe(ckpt, scenes=2, seed=1, families=["pick"], split="heldout_objects")["split"]
+        == "heldout_objects"
+    )
+    assert pointing_probe(ckpt, scenes=1, seed=1, split="heldout_objects")["split"] == "heldout_objects"
+    assert len(drawn) >= 5 and {t.split for t in drawn} == {"heldout_objects"}
+    picks = [t for t in drawn if t.family == "pick"]
+    assert picks and all(KINDS[t.target.split()[-1]].heldout for t in picks)
