@@ -291,6 +291,15 @@ def random_start_xyz(rng: np.random.Generator) -> tuple[float, float, float]:
     )
 
 
+def maybe_random_start(sim, seed: int, cfg: DatagenConfig) -> None:
+    """In a `cfg.random_start` share of scenes, move the (open) gripper to a random place over the
+    table. Its own stream of `seed`, as the decoy's, so an episode and a question scene of one seed
+    start the arm at the same place, and episodes without it stay as they were."""
+    start_rng = np.random.default_rng([seed, 17])
+    if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
+        sim.home(random_start_xyz(start_rng))
+
+
 def run_episode(
     sim, task, seed: int, cfg: DatagenConfig, codec: ActionCodec, render: bool = True, driver=None
 ) -> dict:
@@ -299,9 +308,7 @@ def run_episode(
     `driver`: a Policy (`rt2_cot.vla_policy.VLAPolicy`) that acts in a `cfg.driver_episodes` share
     of episodes (DAgger; see DatagenConfig); driven episodes cannot be replayed without it."""
     sim.reset(task, seed=seed)
-    start_rng = np.random.default_rng([seed, 17])  # its own stream, as the decoy's
-    if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
-        sim.home(random_start_xyz(start_rng))
+    maybe_random_start(sim, seed, cfg)
     max_steps = 1 if cfg.start_frames_only else cfg.max_steps
     noise_rng = np.random.default_rng([seed, 7])
     noisy = noise_rng.random() < cfg.noisy_episodes
@@ -534,9 +541,7 @@ def question_scene(sim, task, seed: int, cfg: DatagenConfig) -> dict:
     or (a `cfg.random_start` share) over the table, its first frame, the items' points, and every
     question about it: the scene questions and "where is the X" for each object and tile."""
     sim.reset(task, seed=seed)
-    start_rng = np.random.default_rng([seed, 17])  # as run_episode's
-    if cfg.random_start > 0 and start_rng.random() < cfg.random_start:
-        sim.home(random_start_xyz(start_rng))
+    maybe_random_start(sim, seed, cfg)
     frame = sim.render(cfg.render_width, cfg.render_height)
     points = scene_points(sim, cfg.render_width, cfg.render_height)
     objects, tiles = scene_state(sim)

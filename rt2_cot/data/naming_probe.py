@@ -94,12 +94,16 @@ def naming_probe(
 
 
 def main() -> None:
+    from robot_io.sim.tasks import SPLITS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--scenes", type=int, default=12, help="scenes per task family")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--families", nargs="+", help="task families (default: all)")
-    parser.add_argument("--split", default="train", help="scenes as this split of robot_io.sim.tasks.SPLITS")
+    parser.add_argument(
+        "--split", default="train", choices=list(SPLITS), help="lay the scenes out as this split"
+    )
     args = parser.parse_args()
     print(json.dumps(naming_probe(args.checkpoint, args.scenes, args.seed, args.families, args.split)))
 

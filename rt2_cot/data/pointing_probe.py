@@ -211,11 +211,15 @@ def _tile_scenes(
 
 
 def main() -> None:
+    from robot_io.sim.tasks import SPLITS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--split", default="train", help="scenes as this split of robot_io.sim.tasks.SPLITS")
+    parser.add_argument(
+        "--split", default="train", choices=list(SPLITS), help="lay the scenes out as this split"
+    )
     args = parser.parse_args()
     print(json.dumps(pointing_probe(args.checkpoint, args.scenes, args.seed, args.split)))
 
