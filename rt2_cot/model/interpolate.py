@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
+import rt2_cot.model  # noqa: F401  (registers the config class with AutoConfig)
 from rt2_cot.errors import ConfigError
 
 WEIGHTS = "model.safetensors"
@@ -32,11 +34,13 @@ _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch
 
 
 def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The folder's config as its config class reads it (defaults filled in, so a config.json
+    written before a key existed matches one that stores its default) and its tensors."""
     config_path, weights_path = folder / "config.json", folder / WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
         raise ConfigError(f"{folder} is not a checkpoint folder (needs config.json and {WEIGHTS})")
     try:
-        return json.loads(config_path.read_text()), load_file(weights_path)
+        return AutoConfig.from_pretrained(folder).to_dict(), load_file(weights_path)
     except Exception as exc:  # JSON, OS and safetensors' own errors: one message either way
         raise ConfigError(f"cannot read {folder}: {exc}") from exc
 

@@ -59,6 +59,20 @@ def test_the_ends_give_back_each_checkpoint(tuned, tmp_path):
         assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_a_config_that_spells_out_a_default_is_the_same_model(tuned, tmp_path):
+    # The committed config.json predates `pointer_names`; a checkpoint trained from it today stores
+    # the default ([]) explicitly. Same architecture, so they must interpolate.
+    config = json.loads((tuned / "config.json").read_text())
+    assert "pointer_names" not in config
+    spelled = tmp_path / "spelled"
+    shutil.copytree(tuned, spelled)
+    (spelled / "config.json").write_text(json.dumps({**config, "pointer_names": []}))
+    assert interpolate(BUILTIN, spelled, 0.5, tmp_path / "mix")["tensors"] > 0
+    (spelled / "config.json").write_text(json.dumps({**config, "pointer_names": ["lemon"]}))
+    with pytest.raises(ConfigError, match="pointer_names"):
+        interpolate(BUILTIN, spelled, 0.5, tmp_path / "mix2")
+
+
 def test_two_different_models_are_refused_and_nothing_is_written(tuned, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tuned, other)
