@@ -47,6 +47,11 @@ class TrainConfig:
     # Plans say where their objects are (rt2_cot.data.grounding), plus pointing questions.
     grounded_plan: bool = False
     ground_gripper: bool = False  # grounded plans also say where the gripper is (ECoT's gripper step)
+    # Every pointing question is also asked in the plan's words: "locate the lemon" -> "the lemon at
+    # 103 121" (rt2_cot.data.grounding.locate_question). Session 18: with question scenes the plan
+    # found the unseen lemon (its point on it in 70 of 102 episodes) yet named a seen object ("pick
+    # up the red can at 106 86"): a pointing answer never writes a name. Needs grounded_plan.
+    locate_questions: bool = False
     # Image coordinates (grounded plans, pointing answers) trained like action bins: Gaussian soft
     # target + L1 on the expected value, instead of cross-entropy that treats 166 and 20 alike.
     soft_points: bool = False
@@ -565,6 +570,10 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         raise ConfigError(
             "gripper_motion_in_prompt states which way the gripper goes after its opening: set gripper_in_prompt too"
         )
+    if cfg.locate_questions and not (cfg.grounded_plan and cfg.use_vl):
+        raise ConfigError(
+            "locate_questions asks pointing questions in a grounded plan's words: set grounded_plan and use_vl"
+        )
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -583,6 +592,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             gripper_motion=cfg.gripper_motion_in_prompt,
             drop_driven_reopens=cfg.drop_driven_reopens,
             cell_names=cfg.cell_name_weight > 0,
+            locate=cfg.locate_questions,
         )
 
     data = robot_data(cfg.data)

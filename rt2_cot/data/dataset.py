@@ -12,7 +12,7 @@ import torch
 from loguru import logger
 
 from rt2_cot.data import format as fmt
-from rt2_cot.data.grounding import GRIPPER
+from rt2_cot.data.grounding import GRIPPER, locate_question
 from rt2_cot.errors import ConfigError
 from rt2_cot.model.configuration_rt2_cot_mini import BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID
 from rt2_cot.model.processing_rt2_cot_mini import pixels_from_uint8
@@ -91,6 +91,7 @@ class RobotData:
         gripper_motion: bool = False,
         drop_driven_reopens: bool = False,
         cell_names: bool = False,
+        locate: bool = False,
     ) -> None:
         """`grounded`: train on plans that locate their objects and include pointing questions
         (rt2_cot.data.grounding); otherwise RT-2's plain plans and no pointing questions.
@@ -107,7 +108,8 @@ class RobotData:
         `--driver`) where the model had just asked to close and the oracle's label opens again
         (see TrainConfig.drop_driven_reopens). `cell_names`: batches also carry which object or tile
         lies in each image cell (`Batch.cells`, from the points datagen records; see
-        TrainConfig.cell_name_weight)."""
+        TrainConfig.cell_name_weight). `locate`: every pointing question is also asked in the plan's
+        words ("locate the lemon" -> "the lemon at 103 121"; grounding.locate_question)."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
         from rt2_cot.prompts import position_bins
 
@@ -167,6 +169,9 @@ class RobotData:
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
+                if locate and grounded and q.get("kind") == "pointing":
+                    lq = locate_question(q)
+                    self.vl.append((base + int(q["frame"]), lq["question"], lq["answer"], lq["kind"]))
         # The opening the previous step commanded: its label's gripper bin (the oracle's episodes
         # execute their labels, decoy and noise steps keep the gripper's), or what a DAgger frame
         # recorded as executed; None at an episode's start.
@@ -336,7 +341,9 @@ class RobotData:
             frame,
             [BOS_TOKEN_ID, *self.text(fmt.vl_prompt(question))],
             [*t, EOS_TOKEN_ID],
-            self._points_marked(t, roles, after_at=False) if kind == "pointing" else roles,
+            self._points_marked(t, roles, after_at=kind == "locate")
+            if kind in ("pointing", "locate")
+            else roles,
             "vl",
         )
 

@@ -162,6 +162,24 @@ def pointing_question(points: dict, name: str, frame: int) -> dict:
     return {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
 
 
+LOCATE = "locate the "
+
+
+def locate_question(pointing: dict) -> dict:
+    """A pointing question asked in the plan's words: "where is the lemon" -> "103 121" becomes
+    "locate the lemon" -> "the lemon at 103 121", the name written together with its point as a
+    grounded plan writes it ("pick up the lemon at 103 121"). Question scenes hold objects no robot
+    example shows; asked this way they train the plan's habit of copying a name from the prompt
+    and locating it, instead of only the point (TrainConfig.locate_questions)."""
+    label = pointing["question"].removeprefix("where is the ")
+    return {
+        **pointing,
+        "question": LOCATE + label,
+        "answer": f"the {label} at {pointing['answer']}",
+        "kind": "locate",
+    }
+
+
 def image_cell(x: int, y: int, grid: int) -> int:
     """The row-major index of the grid cell (of `grid` x `grid` over the image, as the model's image
     tokens lie) that holds the point (x, y) in 0..255 image units."""

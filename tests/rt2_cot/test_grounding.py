@@ -222,3 +222,39 @@ def test_point_roles_mark_the_coordinates_after_at_not_a_number_tiles_digit(tmp_
     pointing = [i for i, v in enumerate(data.vl) if v[3] == "pointing"]
     answer = data.vl_example(pointing[0])
     assert answer.roles.count(POINT) == 2
+
+
+def test_locate_questions_write_the_name_with_its_point_as_a_plan_does(tmp_path):
+    """`locate`: each pointing question is also asked in the plan's words, "locate the number 6" ->
+    "the number 6 at 123 136": the name copied from the prompt, then its point, the two integers
+    after "at" scored as POINTs and the digit as a word."""
+    from rt2_cot.data.datagen import DatagenConfig, generate
+    from rt2_cot.data.dataset import POINT, TEXT, RobotData
+    from rt2_cot.model import load_tokenizer
+
+    generate(tmp_path, DatagenConfig(episodes=2, seed=3, families=("place_on_number",)))
+    tok = load_tokenizer()
+    plain = RobotData([tmp_path], tok, grounded=True, point_roles=True)
+    data = RobotData([tmp_path], tok, grounded=True, point_roles=True, locate=True)
+    pointing = [v for v in data.vl if v[3] == "pointing"]
+    located = [v for v in data.vl if v[3] == "locate"]
+    assert pointing and len(located) == len(pointing) == len(data.vl) - len(plain.vl)
+    for (frame, question, answer, _), (lframe, lquestion, lanswer, _) in zip(pointing, located, strict=True):
+        label = question.removeprefix("where is the ")
+        assert (lframe, lquestion, lanswer) == (frame, f"locate the {label}", f"the {label} at {answer}")
+    tile = next(i for i, v in enumerate(data.vl) if v[3] == "locate" and "number" in v[1])
+    example = data.vl_example(tile)
+    words = tok.convert_ids_to_tokens(example.target)
+    points = [i for i, r in enumerate(example.roles) if r == POINT]
+    assert len(points) == 2 and words[points[0] - 1] == "at"
+    assert example.roles[words.index("number") + 1] == TEXT
+    # Plain (ungrounded) training has no pointing questions, so nothing to locate.
+    assert not [v for v in RobotData([tmp_path], tok, locate=True).vl if v[3] == "locate"]
+
+
+def test_locate_questions_need_grounded_plans(tmp_path):
+    from rt2_cot.errors import ConfigError
+    from rt2_cot.training import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="grounded_plan"):
+        train(TrainConfig(data=[str(tmp_path)], locate_questions=True), tmp_path / "run")
