@@ -21,6 +21,7 @@ from rt2_cot.prompts import gripper_motion
 # Position roles inside a target, used by the loss: text token, or the index of an action dimension.
 TEXT = -1
 _UNRECORDED = object()  # a frame that does not record the previous step's executed gripper command
+_WHERE_GRIPPER = f"where is the {GRIPPER}"
 POINT = 8  # an image coordinate (0..255) in a grounded plan or a pointing answer: ordinal, like actions
 
 
@@ -109,7 +110,8 @@ class RobotData:
         (see TrainConfig.drop_driven_reopens). `cell_names`: batches also carry which object or tile
         lies in each image cell (`Batch.cells`, from the points datagen records; see
         TrainConfig.cell_name_weight). `locate`: every pointing question is also asked in the plan's
-        words ("locate the lemon" -> "the lemon at 103 121"; grounding.locate_question)."""
+        words ("locate the lemon" -> "the lemon at 103 121"; grounding.locate_question), the
+        gripper's excepted."""
         from rt2_cot.model.configuration_rt2_cot_mini import DEFAULT_POSITION_BOX
         from rt2_cot.prompts import position_bins
 
@@ -169,7 +171,8 @@ class RobotData:
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
-                if locate and grounded and q.get("kind") == "pointing":
+                # Plans locate objects and tiles, never the gripper (grounding's module docstring).
+                if locate and grounded and q.get("kind") == "pointing" and q["question"] != _WHERE_GRIPPER:
                     lq = locate_question(q)
                     self.vl.append((base + int(q["frame"]), lq["question"], lq["answer"], lq["kind"]))
         # The opening the previous step commanded: its label's gripper bin (the oracle's episodes

@@ -236,8 +236,10 @@ def test_locate_questions_write_the_name_with_its_point_as_a_plan_does(tmp_path)
     tok = load_tokenizer()
     plain = RobotData([tmp_path], tok, grounded=True, point_roles=True)
     data = RobotData([tmp_path], tok, grounded=True, point_roles=True, locate=True)
-    pointing = [v for v in data.vl if v[3] == "pointing"]
+    # Every pointing question but the gripper's (plans never locate the gripper).
+    pointing = [v for v in data.vl if v[3] == "pointing" and v[1] != "where is the gripper"]
     located = [v for v in data.vl if v[3] == "locate"]
+    assert any(v[1] == "where is the gripper" for v in data.vl)
     assert pointing and len(located) == len(pointing) == len(data.vl) - len(plain.vl)
     for (frame, question, answer, _), (lframe, lquestion, lanswer, _) in zip(pointing, located, strict=True):
         label = question.removeprefix("where is the ")

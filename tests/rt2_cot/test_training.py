@@ -286,7 +286,7 @@ def test_repo_configs_load_and_ablations_differ_from_default_only_where_they_say
     assert differing(scenes, fix) == {"init_from", "data", "data_mix"}
     assert scenes["data"][:2] == window["data"] and scenes["data_mix"] == [*window["data_mix"], 0.0]
     locate = asdict(TrainConfig.from_yaml(configs / "locate_questions.yaml"))
-    assert differing(locate, scenes) == {"locate_questions"}
+    assert differing(locate, scenes) == {"locate_questions", "steps", "max_minutes"}
     names = asdict(TrainConfig.from_yaml(configs / "pointer_names.yaml"))
     assert differing(names, window) == {"init_from", "pointer_names", "max_minutes"}
     settle = asdict(TrainConfig.from_yaml(configs / "pointer_names_settle.yaml"))
