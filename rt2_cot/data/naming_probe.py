@@ -11,7 +11,11 @@ episodes start) it
   answer by exact match (`vl_accuracy`, by question kind), and
 - lets the model write its plan for the task (greedy, the arm's state stated as it was trained)
   and checks that the plan names the task's target object (`plan_names_target`, by family) with
-  `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange).
+  `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange), and
+- asks for the target in the plan's words ("locate the lemon" -> "the lemon at 103 106", the
+  question `TrainConfig.locate_questions` trains) and checks that the answer names it
+  (`locate_names_target`). Session 19: trained on those questions the model names the held-out
+  lemon, pear or bottle there (22 of 30) while its plan for the same scene does not (1 of 30).
 
 A model that answers "which object is the smallest" but does not plan for it has a transfer problem;
 one that answers neither does not see it. `--split heldout_objects` draws the scenes as that
@@ -56,6 +60,7 @@ def naming_probe(
     from robot_io.sim.env import TabletopSim
     from robot_io.sim.tasks import FAMILIES, sample_task
     from rt2_cot.data.datagen import scene_questions, scene_state
+    from rt2_cot.data.grounding import LOCATE
     from rt2_cot.data.pointing_probe import plan_text
     from rt2_cot.evaluation import plan_names_object
 
@@ -64,6 +69,7 @@ def naming_probe(
     sim = TabletopSim()
     vl: dict[str, list[bool]] = defaultdict(list)
     plans: dict[str, list[bool]] = defaultdict(list)
+    located: dict[str, list[bool]] = defaultdict(list)
     for f, family in enumerate(families or list(FAMILIES)):
         rng = np.random.default_rng([seed, f])
         for _ in range(scenes):
@@ -75,12 +81,15 @@ def naming_probe(
                 vl[kind].append(_answer(model, proc, image, question) == answer)
             plan = plan_text(model, proc, image, sim, task.instruction, 24).split("action", 1)[0]
             plans[family].append(plan_names_object(plan, task.target))
+            answer = _answer(model, proc, image, LOCATE + task.target)
+            located[family].append(plan_names_object(answer, task.target))
 
     def rates(d: dict[str, list[bool]]) -> dict[str, dict]:
         return {k: {"n": len(v), "rate": round(float(np.mean(v)), 3)} for k, v in sorted(d.items())}
 
     every_answer = [ok for v in vl.values() for ok in v]
     every_plan = [ok for v in plans.values() for ok in v]
+    every_locate = [ok for v in located.values() for ok in v]
     return {
         "checkpoint": checkpoint,
         "scenes_per_family": scenes,
@@ -90,6 +99,8 @@ def naming_probe(
         "plan_names_target": round(float(np.mean(every_plan)), 3) if every_plan else None,
         "vl_accuracy_by_kind": rates(vl),
         "plan_names_target_by_family": rates(plans),
+        "locate_names_target": round(float(np.mean(every_locate)), 3) if every_locate else None,
+        "locate_names_target_by_family": rates(located),
     }
 
 

@@ -36,6 +36,8 @@ def test_naming_probe_scores_answers_and_plans_on_fresh_scenes():
     out = naming_probe(str(ckpt), scenes=2, seed=1, families=["pick", "smallest"])
     assert set(out["plan_names_target_by_family"]) == {"pick", "smallest"}
     assert all(v["n"] == 2 for v in out["plan_names_target_by_family"].values())
+    assert {k: v["n"] for k, v in out["locate_names_target_by_family"].items()} == {"pick": 2, "smallest": 2}
+    assert 0.0 <= out["locate_names_target"] <= 1.0
     assert out["vl_accuracy_by_kind"] and all(
         0.0 <= v["rate"] <= 1.0 for v in out["vl_accuracy_by_kind"].values()
     )
