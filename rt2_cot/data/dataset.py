@@ -21,7 +21,6 @@ from rt2_cot.prompts import gripper_motion
 # Position roles inside a target, used by the loss: text token, or the index of an action dimension.
 TEXT = -1
 _UNRECORDED = object()  # a frame that does not record the previous step's executed gripper command
-_WHERE_GRIPPER = f"where is the {GRIPPER}"
 POINT = 8  # an image coordinate (0..255) in a grounded plan or a pointing answer: ordinal, like actions
 
 
@@ -171,9 +170,7 @@ class RobotData:
                 if q.get("kind") == "pointing" and not grounded:
                     continue
                 self.vl.append((base + int(q["frame"]), q["question"], q["answer"], q.get("kind", "")))
-                # Plans locate objects and tiles, never the gripper (grounding's module docstring).
-                if locate and grounded and q.get("kind") == "pointing" and q["question"] != _WHERE_GRIPPER:
-                    lq = locate_question(q)
+                if locate and q.get("kind") == "pointing" and (lq := locate_question(q)) is not None:
                     self.vl.append((base + int(q["frame"]), lq["question"], lq["answer"], lq["kind"]))
         # The opening the previous step commanded: its label's gripper bin (the oracle's episodes
         # execute their labels, decoy and noise steps keep the gripper's), or what a DAgger frame

@@ -155,23 +155,27 @@ def tile_pointing_questions(points: dict, tiles: list, frame: int) -> list[dict]
     return [pointing_question(points, tile.name, frame) for tile in tiles if tile.name in points]
 
 
+WHERE = "where is the "
+LOCATE = "locate the "
+
+
 def pointing_question(points: dict, name: str, frame: int) -> dict:
     """'where is the X' about one item of a frame, answered with its point in 0..255 image units."""
     label = f"number {name}" if name.isdigit() else name
     x, y = points[name]
-    return {"frame": frame, "question": f"where is the {label}", "answer": f"{x} {y}", "kind": "pointing"}
+    return {"frame": frame, "question": WHERE + label, "answer": f"{x} {y}", "kind": "pointing"}
 
 
-LOCATE = "locate the "
-
-
-def locate_question(pointing: dict) -> dict:
+def locate_question(pointing: dict) -> dict | None:
     """A pointing question asked in the plan's words: "where is the lemon" -> "103 121" becomes
     "locate the lemon" -> "the lemon at 103 121", the name written together with its point as a
     grounded plan writes it ("pick up the lemon at 103 121"). Question scenes hold objects no robot
     example shows; asked this way they train the plan's habit of copying a name from the prompt
-    and locating it, instead of only the point (TrainConfig.locate_questions)."""
-    label = pointing["question"].removeprefix("where is the ")
+    and locating it, instead of only the point (TrainConfig.locate_questions). None for the
+    gripper: plans locate objects and tiles, never the gripper (this module's docstring)."""
+    label = pointing["question"].removeprefix(WHERE)
+    if label == GRIPPER:
+        return None
     return {
         **pointing,
         "question": LOCATE + label,
