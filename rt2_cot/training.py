@@ -77,6 +77,11 @@ class TrainConfig:
     # holds its point (the cell-name labels), supervised at every coordinate. Needs pointer_readout
     # and cell_name_weight; a warm start's trained cell-name head (same data, same names) carries over.
     pointer_names: bool = False
+    # A copy head (Rt2CotMiniConfig.copy_token_ids, CopyHead): every word of the output vocabulary can
+    # also be written by pointing at it in the text before (the instruction, the plan so far). Session
+    # 19: the plan wrote a seen name for an unseen object it could name when asked to locate it. New
+    # parameters; a warm start from a model without one starts them fresh, its gate on "generate".
+    copy_words: bool = False
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -220,10 +225,17 @@ class ActionTargets:
         return w / w.sum(-1, keepdim=True)
 
 
-def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+def teacher_forced(model, batch: Batch) -> tuple[torch.Tensor, tuple | None, torch.Tensor]:
+    """One pass over a batch: the decoder's text outputs (B, T, d), the pointer's keys (or None) and
+    the output logits (B, T, V_out), the copy head's mixture included if the model has one."""
     h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
+    return h, pointer_keys, model.output_logits(h, pointer_keys, model.copy_source_for(h, batch.input_ids))
+
+
+def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    h, pointer_keys, logits = teacher_forced(model, batch)
     sel = batch.labels != -100
-    logits = model.output_logits(h, pointer_keys)[sel]  # (M, V_out)
+    logits = logits[sel]  # (M, V_out)
     cols = targets.column[batch.labels[sel]]
     roles = batch.roles[sel]
     motion = torch.isin(roles, torch.tensor((*MOTION_DIMS, POINT)))
@@ -378,9 +390,8 @@ def evaluate(model, data: RobotData, targets: ActionTargets, cfg: TrainConfig, b
     err, base_err, within, point_err = [], [], [], []
     for i in range(0, len(pick), cfg.batch_size):
         batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
-        h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
         sel = batch.labels != -100
-        pred_cols = model.output_logits(h, pointer_keys)[sel].argmax(-1)
+        pred_cols = teacher_forced(model, batch)[2][sel].argmax(-1)
         true_cols = targets.column[batch.labels[sel]]
         roles = batch.roles[sel]
         text = roles == TEXT
@@ -431,9 +442,8 @@ def _first_frame_point_mae(
     errs = []
     for i in range(0, len(pick), cfg.batch_size):
         batch = data.collate([data.robot_example(int(f), plain=False) for f in pick[i : i + cfg.batch_size]])
-        h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
         sel = (batch.labels != -100) & (batch.roles == POINT)
-        pred = _predicted_bins(targets, model.output_logits(h, pointer_keys)[sel].argmax(-1))
+        pred = _predicted_bins(targets, teacher_forced(model, batch)[2][sel].argmax(-1))
         errs.append((pred - targets.bin_of_column[targets.column[batch.labels[sel]]].float()).abs())
     errs = torch.cat(errs)
     return float(errs.mean()) if len(errs) else None
@@ -445,6 +455,13 @@ def _first_frame_point_mae(
 def integer_token_ids(tokenizer) -> list[int]:
     """Vocabulary ids of "0".."255" in numeric order (single WordPiece tokens in MiniLM's vocabulary)."""
     return tokenizer.convert_tokens_to_ids([str(i) for i in range(256)])
+
+
+def copyable_token_ids(tokenizer, output_ids: list[int]) -> list[int]:
+    """The output tokens the copy head may write: words and word pieces ("bottle", "##s"), never an
+    integer, punctuation or a special token."""
+    tokens = tokenizer.convert_ids_to_tokens(list(output_ids))
+    return [t for t, tok in zip(output_ids, tokens, strict=True) if tok.removeprefix("##").isalpha()]
 
 
 def build_model(cfg: TrainConfig, output_ids: list[int], pointer_names: list[str] | None = None):
@@ -462,6 +479,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int], pointer_names: list[str
         pointer_readout=cfg.pointer_readout,
         integer_token_ids=integer_token_ids(load_tokenizer()) if cfg.pointer_readout else None,
         pointer_names=pointer_names if cfg.pointer_names else None,
+        copy_token_ids=copyable_token_ids(load_tokenizer(), output_ids) if cfg.copy_words else None,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )
@@ -503,7 +521,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
             continue
         if p.ndim < 2 or "norm" in name:
             no_decay.append(p)
-        elif name.startswith(("projector.", "pointer.", "cell_head.")) or cfg.init == "random":
+        elif name.startswith(("projector.", "pointer.", "copy.", "cell_head.")) or cfg.init == "random":
             new.append(p)
         else:
             pretrained.append(p)
@@ -645,6 +663,9 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             if cfg.vision_local_window and not any(k.startswith("projector.local") for k in warm["model"]):
                 logger.info(f"init_from {cfg.init_from} has no local window: its path starts at zero")
                 missing = [k for k in missing if not k.startswith("projector.local")]
+            if cfg.copy_words and not any(k.startswith("copy.") for k in warm["model"]):
+                logger.info(f"init_from {cfg.init_from} has no copy head: it starts fresh, generating")
+                missing = [k for k in missing if not k.startswith("copy.")]
             if missing or unexpected:
                 raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         except RuntimeError as exc:

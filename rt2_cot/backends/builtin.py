@@ -219,6 +219,12 @@ class BuiltinBackend:
             bins = [(i, b) for i, b in bins if b is not None]
             self.out_int_rows = torch.tensor([i for i, _ in bins], dtype=torch.long)
             self.out_int_bins = torch.tensor([b for _, b in bins], dtype=torch.long)
+            # A copy head's source words land on these plan rows (vocabulary id -> row, or -1).
+            self.copy_rows = None
+            if m.copy is not None:
+                self.copy_rows = torch.full((int(cfg.vocab_size),), -1, dtype=torch.long)
+                for t in cfg.copy_token_ids:
+                    self.copy_rows[t] = self.out_pos[t]
         self._plan_allowed: dict[tuple, torch.Tensor] = {}
 
     def _spec(self, style: str, given_plan: bool, max_new_tokens: int):
@@ -364,8 +370,12 @@ class BuiltinBackend:
                 want, _ = self.model.prefill(prefix, ids)
                 x = torch.cat([prefix, self.model.embed_text(ids)], dim=1)
                 self._alloc(x.shape[1])
-                h = self._run(x, 0, self._mask(x.shape[1]), keep_from=x.shape[1] - 1)
-                got = self.model.output_logits(h[:, -1:], self.model.pointer_keys_for(prefix))[:, 0]
+                h = self._run(x, 0, self._mask(x.shape[1]), keep_from=self.n_img)
+                pointer_keys, copy_source = (
+                    self.model.pointer_keys_for(prefix),
+                    self.model.copy_source_for(h, ids),
+                )
+                got = self.model.output_logits(h[:, -1:], pointer_keys, copy_source)[:, 0]
                 ok = bool(torch.allclose(got, want, rtol=0, atol=1e-5))
         except Exception as exc:  # the model's internals moved: use its own API instead
             logger.warning("builtin fast path: custom layer loop unavailable ({}); using model layers", exc)
@@ -384,9 +394,11 @@ class BuiltinBackend:
         request: GenerationRequest,
         gen: torch.Generator | None,
         pointer_keys: tuple | None = None,
+        copy_source: tuple | None = None,
     ) -> int:
         """Next token under the grammar from the last hidden state (1, d) (and the pointer readout's
-        keys for this image, if the model has one)."""
+        keys for this image, and the copy head's source words through this position, if the model
+        has them)."""
         from rt2_cot.constrained import Phase
         from rt2_cot.streaming import clean_plan
 
@@ -409,6 +421,11 @@ class BuiltinBackend:
             logits = F.linear(hidden, self.out_w, self.out_b)[0]
             if bumps is not None:
                 logits = logits.index_add(0, self.out_int_rows, bumps[self.out_int_bins])
+            if copy_source is not None:  # (while acting it only scales the integers' softmax: skipped)
+                keys, ids = copy_source
+                logits = self.model.copy(hidden[:, None], logits[None, None], (keys, self.copy_rows[ids]))[
+                    0, 0
+                ]
             mask = self._plan_mask(state.spec, plan_empty=not clean_plan(state.plan_text))
             logits = logits.masked_fill(~mask, float("-inf"))
             ids = self.out_ids
@@ -459,8 +476,15 @@ class BuiltinBackend:
             total = x.shape[1]
             self._alloc(total + budget + 1)
             n_prompt = self.n_img + len(prompt_ids)
-            # Only rows from the prompt's last token on predict anything.
-            h = self._layers(x, 0, self._mask(total), keep_from=n_prompt - 1)
+            # Only rows from the prompt's last token on predict anything (a copy head also reads the
+            # rows of the prompt's words: `copied` are the source keys and ids before `fed`).
+            copying = self.model.copy is not None
+            h = self._layers(x, 0, self._mask(total), keep_from=self.n_img if copying else n_prompt - 1)
+            if copying:
+                h = h.float()
+                copied = (self.model.copy.key(h[:, : len(prompt_ids) - 1]), torch.tensor([prompt_ids[:-1]]))
+                h = h[:, len(prompt_ids) - 1 :]
+                fed_keys = self.model.copy.key(h)
             stats.prefill_tokens, stats.draft_tokens = total, len(draft)
             t2 = time.perf_counter()
             stats.vision_ms, stats.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -474,7 +498,14 @@ class BuiltinBackend:
             while True:
                 i = 0
                 while True:
-                    token = self._choose(state, h[:, base + i], request, gen, pointer_keys)
+                    source = None
+                    if copying:
+                        fed_ids = torch.tensor([fed[: i + 1]])
+                        source = (
+                            torch.cat([copied[0], fed_keys[:, : i + 1]], 1),
+                            torch.cat([copied[1], fed_ids], 1),
+                        )
+                    token = self._choose(state, h[:, base + i], request, gen, pointer_keys, source)
                     generated.append(token)
                     phase = state.phase
                     state.advance(token)
@@ -487,6 +518,11 @@ class BuiltinBackend:
                     break
                 if finished or (stop is not None and stop.is_set()):
                     break
+                if copying:  # fed[: i + 1] are now part of the text for good
+                    copied = (
+                        torch.cat([copied[0], fed_keys[:, : i + 1]], 1),
+                        torch.cat([copied[1], torch.tensor([fed[: i + 1]])], 1),
+                    )
                 # The cache is valid through fed[i]; `token` is decided but not fed yet. Feed it with
                 # a fresh guess at what follows (the previous step's tokens at the same places).
                 start += i + 1
@@ -498,6 +534,9 @@ class BuiltinBackend:
                 fed = [token, *extra]
                 x = self.model.embed_text(torch.tensor([fed]), start=start - self.n_img)
                 h = self._layers(x, start, self._decode_mask(start, len(fed)))
+                if copying:
+                    h = h.float()
+                    fed_keys = self.model.copy.key(h)
                 base = 0
                 stats.decode_steps += 1
                 stats.draft_tokens += len(extra)

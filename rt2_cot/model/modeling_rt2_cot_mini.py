@@ -8,6 +8,7 @@
     [prefix | text] --4 post-LN BERT layers, image tokens see each other, text is causal-->
     hidden --x tied word embeddings of the allowed output tokens--> logits
            (+ optionally a pointer: where the text attends in the image -> bumps on the bins 0..255)
+           (+ optionally a copy head: the softmax mixed with an attention over the earlier words)
 
 The answer is plain text: `plan : pick up the rock . action : 0 131 119 96 128 128 128 255 [SEP]`
 (the tokenizer is uncased; integers 0..255 are single WordPiece tokens, as in RT-2-PaLI-X).
@@ -283,6 +284,65 @@ class PointerReadout(nn.Module):
         return (role[..., None] * bumps).sum(-2)
 
 
+class CopyHead(nn.Module):
+    """Words written by pointing at the text before them (a pointer-generator, See et al. 2017).
+
+    At text position t a gate g_t = sigmoid(w . h_t) mixes the output softmax with an attention over
+    the positions s <= t whose token is copyable (`config.copy_token_ids`), each one's weight landing
+    on its token's output column:  p = (1 - g) * softmax(logits) + g * copy.  Keys come from the
+    decoder's outputs at the source positions, so "the noun after the colour" is something a key
+    can say about a word it never saw in robot data. Integers are not copyable: on them the mixture
+    is the softmax times (1 - g), so any choice among integers (actions, points) is unchanged.
+    """
+
+    def __init__(self, config: Rt2CotMiniConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.gate = nn.Linear(d, 1)
+        ids = config.output_token_ids or list(range(config.vocab_size))
+        column = torch.full((config.vocab_size,), -1, dtype=torch.long)
+        position = {int(t): i for i, t in enumerate(ids)}
+        for t in config.copy_token_ids:
+            column[t] = position[t]
+        self.register_buffer("columns", column, persistent=False)  # vocabulary id -> output column, or -1
+
+    def reset_parameters(self) -> None:
+        """Start by generating (g ~ 0.02): a warm-started model's outputs barely move. (transformers'
+        guarded init: the head holds an unsaved buffer, so loading calls this after the weights.)"""
+        from transformers import initialization
+
+        with torch.no_grad():
+            initialization.constant_(self.gate.bias, -4.0)
+
+    def source(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text positions' outputs (B, S, d) and ids (B, S) -> (keys (B, S, d), output columns (B, S))."""
+        return self.key(hidden), self.columns[input_ids]
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: tuple) -> torch.Tensor:
+        """Hidden (B, T, d) at the last T of the source's S positions, their logits (B, T, V_out) ->
+        log-probabilities of the mixture (B, T, V_out)."""
+        keys, columns = source
+        t, s = hidden.shape[1], keys.shape[1]
+        q = self.query(hidden)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, T, S)
+        causal = (
+            torch.arange(s, device=keys.device)[None, :]
+            <= torch.arange(s - t, s, device=keys.device)[:, None]
+        )
+        usable = causal[None] & (columns >= 0)[:, None, :]
+        attn = torch.softmax(scores.masked_fill(~usable, _NEVER), dim=-1) * usable
+        copy = logits.new_zeros(logits.shape).scatter_add(
+            -1, columns.clamp_min(0)[:, None, :].expand(-1, t, -1), attn
+        )
+        gate = torch.sigmoid(self.gate(hidden)) * usable.any(-1, keepdim=True)  # nothing to copy: 0
+        generated = torch.log1p(-gate) + torch.log_softmax(logits, dim=-1)
+        # Finite on both branches of the where (log 0 would send NaN through the unused one's gradient).
+        copied = torch.log(gate.clamp_min(1e-12)) + torch.log(copy.clamp_min(1e-12))
+        return torch.where(copy > 0, torch.logaddexp(generated, copied), generated)
+
+
 # ---------------------------------------------------------------------------------------------
 # Language: MiniLM-L6's BERT layers used as a causal decoder
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +408,7 @@ class Rt2CotMiniPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, FrozenEfficientNetLite0):
             return
-        if isinstance(module, (PointerReadout, ImageProjector)):  # after their Linear children
+        if isinstance(module, (PointerReadout, ImageProjector, CopyHead)):  # after their Linear children
             module.reset_parameters()  # (apply visits children first)
             return
         if isinstance(module, nn.Linear):
@@ -378,6 +438,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         self.output_bias = nn.Parameter(torch.zeros(len(ids)))
         self.pointer = PointerReadout(config) if config.pointer_readout else None
         self._set_pointer_columns()
+        self.copy = CopyHead(config) if config.copy_token_ids else None
         # transformers matches these names exactly when saving; the backbone comes from its package.
         self._keys_to_ignore_on_save = {f"vision.{k}" for k in self.vision.state_dict()}
         self.post_init()
@@ -400,6 +461,8 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         ids = model.config.output_token_ids or list(range(model.config.vocab_size))
         model.output_token_ids = torch.tensor(ids, dtype=torch.long)
         model._set_pointer_columns()
+        if model.copy is not None:
+            model.copy.columns = CopyHead(model.config).columns
         return model
 
     def _set_pointer_columns(self) -> None:
@@ -443,19 +506,41 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         return self.embed_drop(self.embed_norm(x))
 
-    def output_logits(self, hidden: torch.Tensor, pointer_keys: tuple | None = None) -> torch.Tensor:
+    def output_logits(
+        self, hidden: torch.Tensor, pointer_keys: tuple | None = None, copy_source: tuple | None = None
+    ) -> torch.Tensor:
         """Hidden states (B, T, d) or (B, d) -> logits over `output_token_ids` only (tied to the word
         embeddings), plus the pointer's bumps on the integers if the model has one (`pointer_keys`
-        from `pointer_keys_for(prefix)`)."""
+        from `pointer_keys_for(prefix)`). With a copy head the result is the log of its mixture (as
+        good as logits to every softmax and argmax) and needs `copy_source` (`copy_source_for`), whose
+        last T positions are `hidden`'s."""
+        squeeze = hidden.dim() == 2
+        hidden = hidden[:, None] if squeeze else hidden
         logits = F.linear(hidden, self.word_embeddings.weight[self.output_token_ids], self.output_bias)
-        if self.pointer is None:
-            return logits
-        if pointer_keys is None:
-            raise ValueError("this rt2-cot-mini has a pointer readout: output_logits needs pointer_keys")
-        bumps = self.pointer(hidden if hidden.dim() == 3 else hidden[:, None], *pointer_keys)
-        return logits.index_add(
-            logits.dim() - 1, self.pointer_columns, bumps.reshape(*logits.shape[:-1], 256)
-        )
+        if self.pointer is not None:
+            if pointer_keys is None:
+                raise ValueError("this rt2-cot-mini has a pointer readout: output_logits needs pointer_keys")
+            logits = logits.index_add(-1, self.pointer_columns, self.pointer(hidden, *pointer_keys))
+        if self.copy is not None:
+            if copy_source is None:
+                raise ValueError("this rt2-cot-mini has a copy head: output_logits needs copy_source")
+            logits = self.copy(hidden, logits, copy_source)
+        return logits[:, 0] if squeeze else logits
+
+    def copy_source_for(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, cache: DynamicCache | None = None
+    ) -> tuple | None:
+        """New text positions' outputs (B, T, d) and ids (B, T) -> what the copy head attends to: these
+        after the cache's earlier ones (and kept in the cache for the next tokens). None without one."""
+        if self.copy is None:
+            return None
+        keys, columns = self.copy.source(hidden, input_ids)
+        past = getattr(cache, "copy_source", None) if cache is not None else None
+        if past is not None:
+            keys, columns = torch.cat([past[0], keys], dim=1), torch.cat([past[1], columns], dim=1)
+        if cache is not None:
+            cache.copy_source = (keys, columns)
+        return keys, columns
 
     def pointer_keys_for(self, prefix: torch.Tensor) -> tuple | None:
         """Image prefix (B, N, d) -> what the pointer readout attends to (None without a pointer)."""
@@ -477,7 +562,9 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         mask = attention_mask_for(prefix.shape[1], 0, x.shape[1], None, x.device)
         h = self.run_layers(x, mask, cache)
         cache.pointer_keys = self.pointer_keys_for(prefix)  # the image's part of the state, like K/V
-        return self.output_logits(h[:, -1], cache.pointer_keys), cache
+        cache.copy_source = None
+        copy_source = self.copy_source_for(h[:, prefix.shape[1] :], input_ids, cache)
+        return self.output_logits(h[:, -1], cache.pointer_keys, copy_source), cache
 
     def decode_step(self, input_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
         """Feed (B, T) more ids after `prefill` (T=1 for one token; T>1 feeds given text such as a
@@ -486,7 +573,8 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         x = self.embed_text(input_ids, start=past - self.config.num_image_tokens)
         mask = attention_mask_for(self.config.num_image_tokens, past, x.shape[1], None, x.device)
         h = self.run_layers(x, mask, cache)
-        return self.output_logits(h[:, -1], getattr(cache, "pointer_keys", None)), cache
+        copy_source = self.copy_source_for(h, input_ids, cache)
+        return self.output_logits(h[:, -1], getattr(cache, "pointer_keys", None), copy_source), cache
 
     # -- training / transformers forward ---------------------------------------------------------
     def hidden_states(
@@ -510,7 +598,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
             x = torch.cat([prefix, self.embed_text(input_ids)], dim=1)
             pointer_keys = self.pointer_keys_for(prefix)
             if cache is not None:
-                cache.pointer_keys = pointer_keys
+                cache.pointer_keys, cache.copy_source = pointer_keys, None
         else:
             x = self.embed_text(input_ids, start=past - n_img)
             pointer_keys = getattr(cache, "pointer_keys", None)
@@ -522,8 +610,10 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
                 attention_mask = torch.cat([ones, attention_mask], dim=1)
             key_padding = attention_mask
         mask = attention_mask_for(n_img, past, t_new, key_padding, x.device)
-        h = self.run_layers(x, mask, cache)
-        return h[:, -input_ids.shape[1] :], pointer_keys
+        h = self.run_layers(x, mask, cache)[:, -input_ids.shape[1] :]
+        if cache is not None:
+            self.copy_source_for(h, input_ids, cache)  # forward reads it back from the cache
+        return h, pointer_keys
 
     def forward(
         self,
@@ -547,9 +637,13 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         h, pointer_keys = self.hidden_states(
             input_ids, pixel_values, image_features, attention_mask, past_key_values
         )
+        if past_key_values is not None:
+            copy_source = getattr(past_key_values, "copy_source", None)
+        else:
+            copy_source = self.copy_source_for(h, input_ids)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        sub = self.output_logits(h, pointer_keys)
+        sub = self.output_logits(h, pointer_keys, copy_source)
         logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), _NEVER)
         logits[..., self.output_token_ids] = sub
         loss = None

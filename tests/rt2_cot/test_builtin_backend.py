@@ -48,18 +48,18 @@ WORDS = [
 
 @pytest.fixture(
     scope="module",
-    params=[(4, False, False), (8, True, False), (8, True, True)],
-    ids=["grid4", "grid8-stride8", "grid8-pointer"],
+    params=[(4, False, False, False), (8, True, False, False), (8, True, True, False), (8, True, True, True)],
+    ids=["grid4", "grid8-stride8", "grid8-pointer", "grid8-pointer-copy"],
 )
 def checkpoint(request, tmp_path_factory):
     """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint, in
-    both image-prefix layouts (16 tokens from two maps; 64 tokens from three), and with the pointer
-    readout on the integers."""
+    both image-prefix layouts (16 tokens from two maps; 64 tokens from three), with the pointer
+    readout on the integers, and with a copy head on the words."""
     torch.manual_seed(0)
     tok = rt2_model.load_tokenizer()
     integers = tok.convert_tokens_to_ids([str(i) for i in range(256)])
     ids = sorted(set(tok.convert_tokens_to_ids([*WORDS, "[SEP]"])) | set(integers))
-    grid, stride8, pointer = request.param
+    grid, stride8, pointer, copy = request.param
     model = rt2_model.Rt2CotMiniForConditionalGeneration(
         rt2_model.Rt2CotMiniConfig(
             output_token_ids=ids,
@@ -67,6 +67,7 @@ def checkpoint(request, tmp_path_factory):
             vision_stride8=stride8,
             pointer_readout=pointer,
             integer_token_ids=integers if pointer else None,
+            copy_token_ids=tok.convert_tokens_to_ids(WORDS[:-2]) if copy else None,
         )
     ).eval()
     model.load_pretrained_parts()
@@ -77,6 +78,9 @@ def checkpoint(request, tmp_path_factory):
         if pointer:  # a pointer that speaks (x and y roles), with image-dependent bumps
             model.pointer.role.bias.copy_(torch.tensor([2.0, 2.0, 0.0]))
             model.pointer.offset.weight.normal_(0, 0.5)
+        if copy:  # a copy head that copies: the gate half open, an attention that prefers some words
+            model.copy.gate.bias.zero_()
+            model.copy.query.weight.normal_(0, 0.3)
     path = tmp_path_factory.mktemp("rt2-cot-mini-random")
     model.save_pretrained(path)
     rt2_model.Rt2CotMiniProcessor(tokenizer=tok).save_pretrained(path)

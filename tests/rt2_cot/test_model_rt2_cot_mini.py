@@ -44,6 +44,26 @@ def model(tokenizer):
     return m.eval()
 
 
+@pytest.fixture(scope="module")
+def copy_model(tokenizer):
+    """As `model`, with a copy head whose gate is half open and whose attention is not uniform."""
+    torch.manual_seed(1)
+    words = ["plan", ":", ".", "action", "pick", "up", "the", "rock", "red", "block", "bottle"]
+    ids = sorted(
+        {*tokenizer.convert_tokens_to_ids([str(i) for i in range(256)] + words), tokenizer.sep_token_id}
+    )
+    copyable = tokenizer.convert_tokens_to_ids(words[4:])
+    m = Rt2CotMiniForConditionalGeneration(
+        Rt2CotMiniConfig(num_hidden_layers=2, output_token_ids=ids, copy_token_ids=copyable)
+    )
+    m.load_pretrained_parts()
+    with torch.no_grad():
+        m.output_bias.normal_(0, 2.0)
+        m.copy.gate.bias.zero_()
+        m.copy.query.weight.normal_(0, 0.2)
+    return m.eval()
+
+
 def _images(seed: int, n: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 255, size=(n, 240, 320, 3), dtype=np.uint8)
@@ -58,7 +78,9 @@ def test_processor_outputs_pixels_and_prompt_ids_without_sep(processor, tokenize
     assert tokenizer.decode(ids[1:]) == "instruction : pick up the rock"
 
 
-def test_prefill_and_decode_step_match_full_forward(model, processor):
+@pytest.mark.parametrize("which", ["model", "copy_model"])
+def test_prefill_and_decode_step_match_full_forward(which, processor, request):
+    model = request.getfixturevalue(which)
     inputs = processor(images=_images(1)[0], text="Instruction: pick up the rock Plan: pick up")
     ids = inputs["input_ids"]
     with torch.no_grad():
@@ -73,7 +95,9 @@ def test_prefill_and_decode_step_match_full_forward(model, processor):
     torch.testing.assert_close(torch.stack([lg[0] for lg in logits]), sub[3:], atol=1e-4, rtol=1e-4)
 
 
-def test_generate_with_cache_equals_without(model, processor):
+@pytest.mark.parametrize("which", ["model", "copy_model"])
+def test_generate_with_cache_equals_without(which, processor, request):
+    model = request.getfixturevalue(which)
     inputs = processor(images=_images(2)[0], text="Instruction: pick up the red block")
     with torch.no_grad():
         cached = model.generate(**inputs, max_new_tokens=12, do_sample=False, use_cache=True)
@@ -84,7 +108,9 @@ def test_generate_with_cache_equals_without(model, processor):
     assert all(int(t) in set(model.output_token_ids.tolist()) for t in new)
 
 
-def test_left_padded_batch_generates_like_single_rows(model, processor):
+@pytest.mark.parametrize("which", ["model", "copy_model"])
+def test_left_padded_batch_generates_like_single_rows(which, processor, request):
+    model = request.getfixturevalue(which)
     texts = ["Instruction: pick up the rock", "Instruction: pick up the red block please now"]
     images = _images(3, 2)
     with torch.no_grad():
@@ -129,6 +155,76 @@ def test_save_and_load_through_auto_classes(model, processor, tmp_path):
     assert loaded.dtype == torch.float32
     assert torch.equal(loaded.output_token_ids, model.output_token_ids)
     assert (out == ref).float().mean() > 0.9
+
+
+def test_copy_head_mixture_is_normalised_and_leaves_the_integers_ranked_as_before(copy_model, processor):
+    inputs = processor(images=_images(6)[0], text="Instruction: pick up the red bottle Plan: pick up the")
+    with torch.no_grad():
+        mixed = copy_model(**inputs, use_cache=False).logits[0][:, copy_model.output_token_ids]
+        h, pointer_keys = copy_model.hidden_states(inputs["input_ids"], inputs["pixel_values"])
+        copy_model.copy, head = None, copy_model.copy
+        plain = copy_model.output_logits(h, pointer_keys)[0]
+        copy_model.copy = head
+    torch.testing.assert_close(mixed.logsumexp(-1), torch.zeros(len(mixed)), atol=1e-5, rtol=0)
+    column = {int(t): i for i, t in enumerate(copy_model.output_token_ids)}
+    ints = torch.tensor(
+        [column[t] for t in rt2_model.load_tokenizer().convert_tokens_to_ids(list(map(str, range(256))))]
+    )
+    shift = mixed[:, ints] - torch.log_softmax(plain, -1)[:, ints]  # log(1 - g), the same for every integer
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift), atol=1e-5, rtol=0)
+    assert float(shift[:3].abs().max()) == 0  # "[CLS] instruction :": no word to copy yet
+    assert float(shift[3:].max()) < 0  # after "pick" the gate is open: the words take some mass
+    # "bottle" (position 7) gets copy mass once it has been read, and only (1 - g) times its softmax before.
+    bottle = column[rt2_model.load_tokenizer().convert_tokens_to_ids("bottle")]
+    scaled = torch.log_softmax(plain, -1)[:, bottle] + shift[:, 0]
+    torch.testing.assert_close(mixed[:7, bottle], scaled[:7], atol=1e-5, rtol=0)
+    assert bool((mixed[7:, bottle] > scaled[7:] + 1e-3).all())
+
+
+def test_copy_head_writes_the_instruction_word_it_points_at_even_one_the_softmax_never_would():
+    """With the gate open the mixture's top word is the source word the query matches, whatever the
+    output softmax prefers; a source word outside copy_token_ids gets nothing; no copyable word
+    before a position leaves it to the softmax alone."""
+    from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
+
+    vocab = list(range(20))
+    config = Rt2CotMiniConfig(
+        hidden_size=8, num_attention_heads=2, vocab_size=20, output_token_ids=vocab, copy_token_ids=[5, 6, 7]
+    )
+    head = CopyHead(config)
+    with torch.no_grad():
+        for layer in (head.query, head.key):
+            layer.weight.copy_(torch.eye(8) * 30.0)
+            layer.bias.zero_()
+        head.gate.weight.zero_()
+        head.gate.bias.fill_(20.0)
+    ids = torch.tensor([[9, 5, 7, 6, 3]])  # position 2 holds the word 7
+    source_h = torch.zeros(1, 5, 8)
+    source_h[0, torch.arange(5), torch.arange(5)] = 1.0  # one-hot per position
+    query = torch.zeros(1, 1, 8)
+    query[0, 0, 2] = 1.0  # looks at position 2
+    logits = torch.zeros(1, 1, 20)
+    logits[0, 0, 11] = 50.0  # the softmax is sure of another token
+    out = head(query, logits, head.source(source_h, ids))[0, 0]
+    assert int(out.argmax()) == 7 and float(out.logsumexp(0)) == pytest.approx(0.0, abs=1e-5)
+    query[0, 0, 2], query[0, 0, 4] = 0.0, 1.0  # looks at token 3, which is not copyable
+    out = head(query, logits, head.source(source_h, ids))[0, 0]
+    assert float(out[3].exp()) < 1e-6 and int(out.argmax()) in (5, 6, 7)
+    early = head(query, logits, head.source(source_h[:, :1], ids[:, :1]))[0, 0]  # only "9" so far
+    torch.testing.assert_close(early, torch.log_softmax(logits[0, 0], -1))
+
+
+def test_copy_head_survives_save_and_load(copy_model, processor, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    copy_model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert loaded.copy is not None and torch.equal(loaded.copy.columns, copy_model.copy.columns)
+    assert float(loaded.copy.gate.bias) == 0.0  # as saved, not re-initialised on load
+    assert float(Rt2CotMiniForConditionalGeneration(copy_model.config).copy.gate.bias) == -4.0  # fresh
+    inputs = processor(images=_images(7)[0], text="Instruction: pick up the red bottle")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, copy_model(**inputs).logits, atol=1e-4, rtol=0)
 
 
 @pytest.mark.skipif(not (CHECKPOINT / "config.json").exists(), reason="no committed checkpoint yet")

@@ -196,7 +196,10 @@ def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
         def hidden_states(self, input_ids, image_features=None):
             return torch.zeros(1, 2, 1), None
 
-        def output_logits(self, h, pointer_keys=None):
+        def copy_source_for(self, h, input_ids):
+            return None
+
+        def output_logits(self, h, pointer_keys=None, copy_source=None):
             return self.logits.expand(*h.shape[:-1], -1)
 
     batch = SimpleNamespace(
@@ -394,6 +397,29 @@ def test_pointer_names_carry_a_warm_starts_cell_name_head_into_the_exported_poin
     model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "named" / "checkpoint")
     assert model.config.pointer_names == moved["pointer_names"]
     assert model.pointer.cell_names is not None and len(model.pointer_keys_for(torch.zeros(1, 64, 384))) == 3
+
+
+def test_copy_words_warm_start_a_copy_head_that_starts_generating_and_exports(tmp_path):
+    """copy_words from a run without a copy head: the new head starts with its gate near "generate"
+    (g ~ 0.02), trains, and the exported
+    checkpoint copies words only (never an integer)."""
+    from dataclasses import replace
+
+    from rt2_cot.model import Rt2CotMiniForConditionalGeneration, load_tokenizer
+
+    data = tmp_path / "data"
+    generate(data, DatagenConfig(episodes=4, seed=13, episodes_per_shard=4))
+    base = replace(TrainConfig.from_yaml(REPO / "configs" / "smoke.yaml"), data=[str(data)], steps=4)
+    train(base, tmp_path / "first")
+    cfg = replace(base, copy_words=True, init_from=str(tmp_path / "first"), steps=6)
+    train(cfg, tmp_path / "copy")
+    state = torch.load(tmp_path / "copy" / "state.pt", map_location="cpu", weights_only=False)
+    assert float(state["model"]["copy.gate.bias"]) == pytest.approx(-4.0, abs=0.1)  # 6 small steps
+    model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "copy" / "checkpoint")
+    tokens = load_tokenizer().convert_ids_to_tokens(model.config.copy_token_ids)
+    assert {"pick", "up", "the"} < set(tokens)
+    assert not any(t.isdigit() or not t.removeprefix("##").isalpha() for t in tokens)
+    assert set(model.config.copy_token_ids) < set(model.config.output_token_ids)
 
 
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
