@@ -82,6 +82,11 @@ class TrainConfig:
     # 19: the plan wrote a seen name for an unseen object it could name when asked to locate it. New
     # parameters; a warm start from a model without one starts them fresh, its gate on "generate".
     copy_words: bool = False
+    # ... with its own targets (Gulcehre et al. 2016's pointer softmax): at every word of a plan or an
+    # answer the gate is told whether that word is in the text before it, and where it is the copy
+    # attention is asked to look at it. Without them (session 20, 250 steps) the gate only closed:
+    # the warm-started softmax already writes every training word, so copying never paid.
+    copy_aux_weight: float = 1.0
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -263,6 +268,10 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
         )
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
+    if getattr(model, "copy", None) is not None:
+        copy_loss, copy_parts = copy_supervision(model, h, batch)
+        loss = loss + cfg.copy_aux_weight * copy_loss
+        parts.update(copy_parts)
     head = cell_name_head(model)
     if head is not None and batch.cells is not None:
         known = batch.cells != -100
@@ -283,6 +292,31 @@ def cell_name_head(model):
     if pointer is not None and pointer.cell_names is not None:
         return pointer.cell_names
     return getattr(model, "cell_head", None)
+
+
+def copy_supervision(model, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The copy head's own targets at every word target (plans and answers; `roles` TEXT): the gate's
+    binary cross-entropy against "this word is in the text before it", and where it is, the negative
+    log of the copy attention's weight on its positions (summed over them)."""
+    attn, usable = model.copy.attention(h, model.copy_source_for(h, batch.input_ids))
+    gate = model.copy.gate_of(h, usable)[..., 0].float()  # (B, T)
+    words = (batch.labels != -100) & (batch.roles == TEXT) & usable.any(-1)
+    match = usable & (batch.input_ids[:, None, :] == batch.labels[:, :, None])  # (B, T, S)
+    present = match.any(-1) & words
+    if not bool(words.any()):
+        return h.new_zeros(()), {}
+    gate_loss = F.binary_cross_entropy(gate[words], present[words].float())
+    parts = {
+        "copy_gate": float(gate.detach()[words].mean()),
+        "copy_gate_acc": float(((gate.detach()[words] > 0.5) == present[words]).float().mean()),
+    }
+    loss = gate_loss
+    if bool(present.any()):
+        weight = (attn * match).sum(-1)[present].float()
+        attn_loss = -torch.log(weight.clamp_min(1e-9)).mean()
+        loss = loss + attn_loss
+        parts["copy_attn_loss"] = float(attn_loss.detach())
+    return loss, parts
 
 
 def pointer_supervision(

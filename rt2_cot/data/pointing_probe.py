@@ -33,6 +33,8 @@ import re
 
 import numpy as np
 
+from rt2_cot.data.grounding import WHERE
+
 _POINT = re.compile(r"(\d{1,3})\s+(\d{1,3})")
 _PLAN_POINT = re.compile(r"\bat\s+(\d{1,3})\s+(\d{1,3})")
 
@@ -104,7 +106,7 @@ def pointing_probe(checkpoint: str, scenes: int = 20, seed: int = 7, split: str 
             image = sim.render().color
             pts = scene_points(sim, *image.shape[1::-1])
             for key, name in (("gripper", GRIPPER), ("target", task.target)):
-                got = _ask(model, proc, image, f"where is the {name}")
+                got = _ask(model, proc, image, WHERE + name)
                 if got is None:
                     unparsed += 1
                     continue
@@ -200,7 +202,7 @@ def _tile_scenes(
         label = f"number {task.reference}" if kind == "number" else task.reference
         points = plan_points(plan_text(model, proc, image, sim, task.instruction, max_new_tokens=28))
         for how, point in (
-            ("asked", _ask(model, proc, image, f"where is the {label}")),
+            ("asked", _ask(model, proc, image, WHERE + label)),
             ("plan", points[-1][1:] if len(points) >= 2 else None),  # the tile is the plan's last point
         ):
             if point is None:

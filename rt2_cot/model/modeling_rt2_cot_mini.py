@@ -314,29 +314,36 @@ class CopyHead(nn.Module):
         from transformers import initialization
 
         with torch.no_grad():
+            initialization.zeros_(self.gate.weight)
             initialization.constant_(self.gate.bias, -4.0)
 
     def source(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text positions' outputs (B, S, d) and ids (B, S) -> (keys (B, S, d), output columns (B, S))."""
         return self.key(hidden), self.columns[input_ids]
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: tuple) -> torch.Tensor:
-        """Hidden (B, T, d) at the last T of the source's S positions, their logits (B, T, V_out) ->
-        log-probabilities of the mixture (B, T, V_out)."""
+    def attention(self, hidden: torch.Tensor, source: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden (B, T, d) at the last T of the source's S positions -> how much each looks at each
+        source position (B, T, S; rows with nothing to copy are all zero), and which it may (bool)."""
         keys, columns = source
         t, s = hidden.shape[1], keys.shape[1]
         q = self.query(hidden)
-        scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, T, S)
-        causal = (
-            torch.arange(s, device=keys.device)[None, :]
-            <= torch.arange(s - t, s, device=keys.device)[:, None]
-        )
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        positions = torch.arange(s, device=keys.device)
+        causal = positions[None, :] <= positions[s - t :, None]
         usable = causal[None] & (columns >= 0)[:, None, :]
-        attn = torch.softmax(scores.masked_fill(~usable, _NEVER), dim=-1) * usable
-        copy = logits.new_zeros(logits.shape).scatter_add(
-            -1, columns.clamp_min(0)[:, None, :].expand(-1, t, -1), attn
-        )
-        gate = torch.sigmoid(self.gate(hidden)) * usable.any(-1, keepdim=True)  # nothing to copy: 0
+        return torch.softmax(scores.masked_fill(~usable, _NEVER), dim=-1) * usable, usable
+
+    def gate_of(self, hidden: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """How much of the next word is copied (B, T, 1); 0 where no earlier word is copyable."""
+        return torch.sigmoid(self.gate(hidden)) * usable.any(-1, keepdim=True)
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: tuple) -> torch.Tensor:
+        """Hidden (B, T, d) at the last T of the source's S positions, their logits (B, T, V_out) ->
+        log-probabilities of the mixture (B, T, V_out)."""
+        attn, usable = self.attention(hidden, source)
+        columns = source[1].clamp_min(0)[:, None, :].expand(-1, hidden.shape[1], -1)
+        copy = logits.new_zeros(logits.shape).scatter_add(-1, columns, attn)
+        gate = self.gate_of(hidden, usable)
         generated = torch.log1p(-gate) + torch.log_softmax(logits, dim=-1)
         # Finite on both branches of the where (log 0 would send NaN through the unused one's gradient).
         copied = torch.log(gate.clamp_min(1e-12)) + torch.log(copy.clamp_min(1e-12))

@@ -191,7 +191,7 @@ def test_copy_head_writes_the_instruction_word_it_points_at_even_one_the_softmax
     config = Rt2CotMiniConfig(
         hidden_size=8, num_attention_heads=2, vocab_size=20, output_token_ids=vocab, copy_token_ids=[5, 6, 7]
     )
-    head = CopyHead(config)
+    head = CopyHead(config).requires_grad_(False)
     with torch.no_grad():
         for layer in (head.query, head.key):
             layer.weight.copy_(torch.eye(8) * 30.0)

@@ -415,11 +415,60 @@ def test_copy_words_warm_start_a_copy_head_that_starts_generating_and_exports(tm
     train(cfg, tmp_path / "copy")
     state = torch.load(tmp_path / "copy" / "state.pt", map_location="cpu", weights_only=False)
     assert float(state["model"]["copy.gate.bias"]) == pytest.approx(-4.0, abs=0.1)  # 6 small steps
+    logged = [json.loads(x) for x in (tmp_path / "copy" / "progress.jsonl").read_text().splitlines()]
+    gates = [x["copy_gate"] for x in logged if "copy_gate" in x]
+    assert gates and all(0.005 < g < 0.05 for g in gates)  # sigmoid(-4) = 0.018, logged as it trains
+    assert all("copy_attn_loss" in x and "copy_gate_acc" in x for x in logged if "copy_gate" in x)
     model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "copy" / "checkpoint")
     tokens = load_tokenizer().convert_ids_to_tokens(model.config.copy_token_ids)
     assert {"pick", "up", "the"} < set(tokens)
     assert not any(t.isdigit() or not t.removeprefix("##").isalpha() for t in tokens)
     assert set(model.config.copy_token_ids) < set(model.config.output_token_ids)
+
+
+def test_copy_supervision_tells_the_gate_which_words_are_in_the_text_and_the_attention_where():
+    """Targets: "bottle" (in the text before) -> gate 1 and the attention on its position; "yellow"
+    (not in it) -> gate 0; an action integer -> not a word target at all."""
+    from types import SimpleNamespace
+
+    from rt2_cot.data.dataset import TEXT
+    from rt2_cot.model import Rt2CotMiniConfig
+    from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
+    from rt2_cot.training import copy_supervision
+
+    config = Rt2CotMiniConfig(
+        hidden_size=8,
+        num_attention_heads=2,
+        vocab_size=20,
+        output_token_ids=list(range(20)),
+        copy_token_ids=[5, 6, 7],
+    )
+    head = CopyHead(config).requires_grad_(False)
+    model = SimpleNamespace(copy=head, copy_source_for=lambda h, ids: head.source(h, ids))
+    ids = torch.tensor([[9, 5, 7, 6, 3]])  # 7 ("bottle") at position 2
+    labels = torch.tensor([[-100, -100, -100, 7, 6]])  # label t is the token after position t
+    labels[0, 4] = 11  # "yellow": not in the text
+    batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, -1, TEXT, TEXT]]))
+    h = torch.zeros(1, 5, 8)
+    h[0, torch.arange(5), torch.arange(5)] = 1.0
+
+    def supervised(look_at: int, gate_bias: float) -> dict:
+        with torch.no_grad():
+            head.query.weight.zero_()
+            head.query.bias.zero_()
+            head.query.bias[look_at] = 40.0  # every position's query matches the one-hot key of `look_at`
+            head.key.weight.copy_(torch.eye(8))
+            head.key.bias.zero_()
+            head.gate.bias.fill_(gate_bias)
+        loss, parts = copy_supervision(model, h, batch)
+        return {"loss": float(loss), **parts}
+
+    right, wrong = supervised(2, 0.0), supervised(1, 0.0)
+    assert right["copy_attn_loss"] < 0.01 < 5 < wrong["copy_attn_loss"]
+    assert supervised(2, 20.0)["copy_gate_acc"] == 0.5  # open everywhere: right on "bottle" only
+    assert supervised(2, -20.0)["copy_gate_acc"] == 0.5  # shut everywhere: right on "yellow" only
+    batch.roles = torch.tensor([[-1, -1, -1, TEXT, 1]])  # the second target is now an action bin
+    assert supervised(2, 20.0)["copy_gate_acc"] == 1.0
 
 
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
