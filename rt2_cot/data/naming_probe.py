@@ -11,7 +11,8 @@ episodes start) it
   answer by exact match (`vl_accuracy`, by question kind), and
 - lets the model write its plan for the task (greedy, the arm's state stated as it was trained)
   and checks that the plan names the task's target object (`plan_names_target`, by family) with
-  `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange), and
+  `rt2-cot eval`'s check (`plan_names_object`: "the orange block" does not name the orange; the
+  first eight plans that miss are listed in `plan_misses`), and
 - asks for the target in the plan's words ("locate the lemon" -> "the lemon at 103 106", the
   question `TrainConfig.locate_questions` trains) and checks that the answer names it
   (`locate_names_target`). Session 19: trained on those questions the model names the held-out
@@ -70,6 +71,7 @@ def naming_probe(
     vl: dict[str, list[bool]] = defaultdict(list)
     plans: dict[str, list[bool]] = defaultdict(list)
     located: dict[str, list[bool]] = defaultdict(list)
+    misses: list[dict] = []  # the first plans that do not name their target, to read
     for f, family in enumerate(families or list(FAMILIES)):
         rng = np.random.default_rng([seed, f])
         for _ in range(scenes):
@@ -81,6 +83,8 @@ def naming_probe(
                 vl[kind].append(_answer(model, proc, image, question) == answer)
             plan = plan_text(model, proc, image, sim, task.instruction, 24).split("action", 1)[0]
             plans[family].append(plan_names_object(plan, task.target))
+            if not plans[family][-1] and len(misses) < 8:
+                misses.append({"instruction": task.instruction, "target": task.target, "plan": plan.strip()})
             answer = _answer(model, proc, image, LOCATE + task.target)
             located[family].append(plan_names_object(answer, task.target))
 
@@ -101,6 +105,7 @@ def naming_probe(
         "plan_names_target_by_family": rates(plans),
         "locate_names_target": round(float(np.mean(every_locate)), 3) if every_locate else None,
         "locate_names_target_by_family": rates(located),
+        "plan_misses": misses,
     }
 
 

@@ -43,6 +43,8 @@ def test_naming_probe_scores_answers_and_plans_on_fresh_scenes():
     )
     # When the instruction names the object, the trained model's plan names it too.
     assert out["plan_names_target_by_family"]["pick"]["rate"] == 1.0
+    misses = sum(round(v["n"] * (1 - v["rate"])) for v in out["plan_names_target_by_family"].values())
+    assert len(out["plan_misses"]) == misses and all(m["plan"] for m in out["plan_misses"])
 
 
 def test_probes_draw_their_scenes_from_the_split_asked_for(monkeypatch):
