@@ -220,8 +220,10 @@ def test_copy_head_survives_save_and_load(copy_model, processor, tmp_path):
     copy_model.save_pretrained(tmp_path)
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     assert loaded.copy is not None and torch.equal(loaded.copy.columns, copy_model.copy.columns)
-    assert float(loaded.copy.gate.bias) == 0.0  # as saved, not re-initialised on load
-    assert float(Rt2CotMiniForConditionalGeneration(copy_model.config).copy.gate.bias) == -4.0  # fresh
+    assert float(loaded.copy.gate.bias.detach()) == 0.0  # as saved, not re-initialised on load
+    assert (
+        float(Rt2CotMiniForConditionalGeneration(copy_model.config).copy.gate.bias.detach()) == -4.0
+    )  # fresh
     inputs = processor(images=_images(7)[0], text="Instruction: pick up the red bottle")
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, copy_model(**inputs).logits, atol=1e-4, rtol=0)
