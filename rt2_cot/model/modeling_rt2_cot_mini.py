@@ -301,12 +301,17 @@ class CopyHead(nn.Module):
         self.query = nn.Linear(d, d)
         self.key = nn.Linear(d, d)
         self.gate = nn.Linear(d, 1)
+        self.register_buffer("columns", self.columns_for(config), persistent=False)
+
+    @staticmethod
+    def columns_for(config: Rt2CotMiniConfig) -> torch.Tensor:
+        """Vocabulary id -> its output column if the word is copyable, else -1 (vocab_size,)."""
         ids = config.output_token_ids or list(range(config.vocab_size))
-        column = torch.full((config.vocab_size,), -1, dtype=torch.long)
         position = {int(t): i for i, t in enumerate(ids)}
+        column = torch.full((config.vocab_size,), -1, dtype=torch.long)
         for t in config.copy_token_ids:
             column[t] = position[t]
-        self.register_buffer("columns", column, persistent=False)  # vocabulary id -> output column, or -1
+        return column
 
     def reset_parameters(self) -> None:
         """Start by generating (g ~ 0.02): a warm-started model's outputs barely move. (transformers'
@@ -469,7 +474,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         model.output_token_ids = torch.tensor(ids, dtype=torch.long)
         model._set_pointer_columns()
         if model.copy is not None:
-            model.copy.columns = CopyHead(model.config).columns
+            model.copy.columns = CopyHead.columns_for(model.config)
         return model
 
     def _set_pointer_columns(self) -> None:
