@@ -87,6 +87,13 @@ class TrainConfig:
     # attention is asked to look at it. Without them (session 20, 250 steps) the gate only closed:
     # the warm-started softmax already writes every training word, so copying never paid.
     copy_aux_weight: float = 1.0
+    # ... trained into the head alone (its targets see the decoder's outputs detached; the plan's own
+    # likelihood still reaches the decoder through the mixture). Session 20: with them on the decoder
+    # too, seen tasks fell from 89.2% to 80.4% with right plans and points.
+    copy_aux_detach: bool = False
+    # ... copying from the prompt only (Rt2CotMiniConfig.copy_from_prompt_only): session 20's copy
+    # head also pointed at the plan it was writing and looped in 44 of 722 episodes.
+    copy_from_prompt_only: bool = False
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -230,15 +237,24 @@ class ActionTargets:
         return w / w.sum(-1, keepdim=True)
 
 
-def teacher_forced(model, batch: Batch) -> tuple[torch.Tensor, tuple | None, torch.Tensor]:
-    """One pass over a batch: the decoder's text outputs (B, T, d), the pointer's keys (or None) and
-    the output logits (B, T, V_out), the copy head's mixture included if the model has one."""
+def prompt_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: each row's prompt, the positions up to its first labelled one (which reads the
+    prompt's last token and predicts the first target token)."""
+    first = (labels != -100).int().argmax(dim=1)
+    return torch.arange(labels.shape[1], device=labels.device)[None, :] <= first[:, None]
+
+
+def teacher_forced(model, batch: Batch) -> tuple[torch.Tensor, tuple | None, torch.Tensor, tuple | None]:
+    """One pass over a batch: the decoder's text outputs (B, T, d), the pointer's keys (or None), the
+    output logits (B, T, V_out), the copy head's mixture included if the model has one, and the copy
+    source it read (or None)."""
     h, pointer_keys = model.hidden_states(batch.input_ids, image_features=batch.features)
-    return h, pointer_keys, model.output_logits(h, pointer_keys, model.copy_source_for(h, batch.input_ids))
+    source = model.copy_source_for(h, batch.input_ids, prompt=prompt_positions(batch.labels))
+    return h, pointer_keys, model.output_logits(h, pointer_keys, source), source
 
 
 def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    h, pointer_keys, logits = teacher_forced(model, batch)
+    h, pointer_keys, logits, copy_source = teacher_forced(model, batch)
     sel = batch.labels != -100
     logits = logits[sel]  # (M, V_out)
     cols = targets.column[batch.labels[sel]]
@@ -269,7 +285,7 @@ def compute_loss(model, batch: Batch, targets: ActionTargets, cfg: TrainConfig) 
         loss = loss + cfg.pointer_aux_weight * pointer_loss
         parts.update(pointer_parts)
     if getattr(model, "copy", None) is not None:
-        copy_loss, copy_parts = copy_supervision(model, h, batch)
+        copy_loss, copy_parts = copy_supervision(model, h, batch, copy_source, detach=cfg.copy_aux_detach)
         loss = loss + cfg.copy_aux_weight * copy_loss
         parts.update(copy_parts)
     head = cell_name_head(model)
@@ -294,11 +310,19 @@ def cell_name_head(model):
     return getattr(model, "cell_head", None)
 
 
-def copy_supervision(model, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
+def copy_supervision(
+    model, h: torch.Tensor, batch: Batch, source: tuple | None = None, detach: bool = False
+) -> tuple[torch.Tensor, dict]:
     """The copy head's own targets at every word target (plans and answers; `roles` TEXT): the gate's
-    binary cross-entropy against "this word is in the text before it", and where it is, the negative
-    log of the copy attention's weight on its positions (summed over them)."""
-    attn, usable = model.copy.attention(h, model.copy_source_for(h, batch.input_ids))
+    binary cross-entropy against "this word is in the text it may copy from", and where it is, the
+    negative log of the copy attention's weight on its positions (summed over them). `source`: the
+    one `teacher_forced` read (else built here). `detach`: these targets train the head alone, on the
+    decoder's outputs as they are (the source is then rebuilt from them)."""
+    if detach:
+        h, source = h.detach(), None
+    if source is None:
+        source = model.copy_source_for(h, batch.input_ids, prompt=prompt_positions(batch.labels))
+    attn, usable = model.copy.attention(h, source)
     gate = model.copy.gate_of(h, usable)[..., 0].float()  # (B, T)
     words = (batch.labels != -100) & (batch.roles == TEXT) & usable.any(-1)
     match = usable & (batch.input_ids[:, None, :] == batch.labels[:, :, None])  # (B, T, S)
@@ -514,6 +538,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int], pointer_names: list[str
         integer_token_ids=integer_token_ids(load_tokenizer()) if cfg.pointer_readout else None,
         pointer_names=pointer_names if cfg.pointer_names else None,
         copy_token_ids=copyable_token_ids(load_tokenizer(), output_ids) if cfg.copy_words else None,
+        copy_from_prompt_only=cfg.copy_from_prompt_only,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )

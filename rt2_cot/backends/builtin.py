@@ -422,10 +422,7 @@ class BuiltinBackend:
             if bumps is not None:
                 logits = logits.index_add(0, self.out_int_rows, bumps[self.out_int_bins])
             if copy_source is not None:  # (while acting it only scales the integers' softmax: skipped)
-                keys, ids = copy_source
-                logits = self.model.copy(hidden[:, None], logits[None, None], (keys, self.copy_rows[ids]))[
-                    0, 0
-                ]
+                logits = self.model.copy(hidden[:, None], logits[None, None], copy_source)[0, 0]
             mask = self._plan_mask(state.spec, plan_empty=not clean_plan(state.plan_text))
             logits = logits.masked_fill(~mask, float("-inf"))
             ids = self.out_ids
@@ -477,14 +474,19 @@ class BuiltinBackend:
             self._alloc(total + budget + 1)
             n_prompt = self.n_img + len(prompt_ids)
             # Only rows from the prompt's last token on predict anything (a copy head also reads the
-            # rows of the prompt's words: `copied` are the source keys and ids before `fed`).
+            # rows of the prompt's words: `copied` are the source keys and rows before `fed`).
             copying = self.model.copy is not None
             h = self._layers(x, 0, self._mask(total), keep_from=self.n_img if copying else n_prompt - 1)
             if copying:
                 h = h.float()
-                copied = (self.model.copy.key(h[:, : len(prompt_ids) - 1]), torch.tensor([prompt_ids[:-1]]))
+                copied = (
+                    self.model.copy.key(h[:, : len(prompt_ids) - 1]),
+                    self._copy_rows(prompt_ids[:-1], written_from=None),
+                )
                 h = h[:, len(prompt_ids) - 1 :]
                 fed_keys = self.model.copy.key(h)
+                # fed[0] is the prompt's last token, the drafts after it are written text
+                fed_rows = self._copy_rows([prompt_ids[-1], *draft], written_from=1)
             stats.prefill_tokens, stats.draft_tokens = total, len(draft)
             t2 = time.perf_counter()
             stats.vision_ms, stats.prefill_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -500,10 +502,9 @@ class BuiltinBackend:
                 while True:
                     source = None
                     if copying:
-                        fed_ids = torch.tensor([fed[: i + 1]])
                         source = (
                             torch.cat([copied[0], fed_keys[:, : i + 1]], 1),
-                            torch.cat([copied[1], fed_ids], 1),
+                            torch.cat([copied[1], fed_rows[:, : i + 1]], 1),
                         )
                     token = self._choose(state, h[:, base + i], request, gen, pointer_keys, source)
                     generated.append(token)
@@ -521,7 +522,7 @@ class BuiltinBackend:
                 if copying:  # fed[: i + 1] are now part of the text for good
                     copied = (
                         torch.cat([copied[0], fed_keys[:, : i + 1]], 1),
-                        torch.cat([copied[1], torch.tensor([fed[: i + 1]])], 1),
+                        torch.cat([copied[1], fed_rows[:, : i + 1]], 1),
                     )
                 # The cache is valid through fed[i]; `token` is decided but not fed yet. Feed it with
                 # a fresh guess at what follows (the previous step's tokens at the same places).
@@ -537,6 +538,7 @@ class BuiltinBackend:
                 if copying:
                     h = h.float()
                     fed_keys = self.model.copy.key(h)
+                    fed_rows = self._copy_rows(fed, written_from=0)
                 base = 0
                 stats.decode_steps += 1
                 stats.draft_tokens += len(extra)
@@ -550,6 +552,14 @@ class BuiltinBackend:
                 self._draft[draft_key] = [t for t in generated if t != spec.eos_id]
                 if len(self._draft) > 16:
                     self._draft.pop(next(iter(self._draft)))
+
+    def _copy_rows(self, ids: list[int], written_from: int | None) -> torch.Tensor:
+        """The copy head's source rows (1, T) for these tokens: each word's plan row, -1 for what it
+        may not copy (not a word; or, with `copy_from_prompt_only`, text written from `written_from` on)."""
+        rows = self.copy_rows[torch.tensor([ids], dtype=torch.long)]
+        if written_from is not None and self.model.config.copy_from_prompt_only:
+            rows[:, written_from:] = -1
+        return rows
 
     def _guess(self, source: list[int], generated: list[int], state, limit: int = 16) -> list[int]:
         """Guesses for the tokens after `generated`, from the previous step's output `source`.

@@ -91,6 +91,10 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # up the blue can"). Words only: integers are never copied, so actions are unchanged by it.
         # Empty: no copy head.
         copy_token_ids: list[int] | None = None,
+        # ... copying from the prompt (instruction, stated state, a given plan) only, never from the
+        # text the model writes after it. Session 20: copying from the plan being written looped in
+        # 44 of 722 episodes ("on on on ...", "pick plan : pick plan : ...").
+        copy_from_prompt_only: bool = False,
         # -- prompt ---------------------------------------------------------------------------
         # Trained with the arm's gripper opening stated after the instruction ("Gripper: 50",
         # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
@@ -140,6 +144,7 @@ class Rt2CotMiniConfig(PretrainedConfig):
             raise ValueError("copy_token_ids must be output tokens (output_token_ids)")
         if set(self.copy_token_ids) & set(self.integer_token_ids):
             raise ValueError("copy_token_ids are words: integers (actions, points) are never copied")
+        self.copy_from_prompt_only = bool(copy_from_prompt_only)
         self.gripper_in_prompt = bool(gripper_in_prompt)
         self.gripper_motion_in_prompt = bool(gripper_motion_in_prompt)
         self.position_in_prompt = bool(position_in_prompt)

@@ -540,13 +540,24 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         return logits[:, 0] if squeeze else logits
 
     def copy_source_for(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor, cache: DynamicCache | None = None
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        cache: DynamicCache | None = None,
+        prompt: bool | torch.Tensor = True,
     ) -> tuple | None:
         """New text positions' outputs (B, T, d) and ids (B, T) -> what the copy head attends to: these
-        after the cache's earlier ones (and kept in the cache for the next tokens). None without one."""
+        after the cache's earlier ones (and kept in the cache for the next tokens). None without one.
+        `prompt`: whether these positions are the prompt (or which, (B, T) bool); with
+        `copy_from_prompt_only` the others stay in the source (aligned) but are never copied."""
         if self.copy is None:
             return None
         keys, columns = self.copy.source(hidden, input_ids)
+        if self.config.copy_from_prompt_only:
+            if isinstance(prompt, torch.Tensor):
+                columns = columns.masked_fill(~prompt, -1)
+            elif not prompt:
+                columns = torch.full_like(columns, -1)
         past = getattr(cache, "copy_source", None) if cache is not None else None
         if past is not None:
             keys, columns = torch.cat([past[0], keys], dim=1), torch.cat([past[1], columns], dim=1)
@@ -579,13 +590,13 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         return self.output_logits(h[:, -1], cache.pointer_keys, copy_source), cache
 
     def decode_step(self, input_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
-        """Feed (B, T) more ids after `prefill` (T=1 for one token; T>1 feeds given text such as a
-        reused plan) -> (last-position subset logits (B, V_out), cache)."""
+        """Feed (B, T) more ids after `prefill` (T=1 for one token; T>1 several written ones) -> (last-
+        position subset logits (B, V_out), cache). They are not the prompt (`copy_from_prompt_only`)."""
         past = cache.get_seq_length()
         x = self.embed_text(input_ids, start=past - self.config.num_image_tokens)
         mask = attention_mask_for(self.config.num_image_tokens, past, x.shape[1], None, x.device)
         h = self.run_layers(x, mask, cache)
-        copy_source = self.copy_source_for(h, input_ids, cache)
+        copy_source = self.copy_source_for(h, input_ids, cache, prompt=False)
         return self.output_logits(h[:, -1], getattr(cache, "pointer_keys", None), copy_source), cache
 
     # -- training / transformers forward ---------------------------------------------------------
@@ -624,7 +635,8 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         mask = attention_mask_for(n_img, past, t_new, key_padding, x.device)
         h = self.run_layers(x, mask, cache)[:, -input_ids.shape[1] :]
         if cache is not None:
-            self.copy_source_for(h, input_ids, cache)  # forward reads it back from the cache
+            # (forward reads it back from the cache; the first pass is the prompt)
+            self.copy_source_for(h, input_ids, cache, prompt=past == 0)
         return h, pointer_keys
 
     def forward(

@@ -214,6 +214,33 @@ def test_copy_head_writes_the_instruction_word_it_points_at_even_one_the_softmax
     torch.testing.assert_close(early, torch.log_softmax(logits[0, 0], -1))
 
 
+def test_copy_from_prompt_only_never_copies_a_word_the_model_wrote(copy_model, processor, tokenizer):
+    """With the gate held open the next word is copied from the source: a copy head copies "bottle"
+    once it has written it; `copy_from_prompt_only` copies it from the prompt, never from its own text."""
+    import copy
+
+    free, prompt_only = copy.deepcopy(copy_model), copy.deepcopy(copy_model)
+    prompt_only.config.copy_from_prompt_only = True
+    for m in (free, prompt_only):
+        with torch.no_grad():
+            m.copy.gate.bias.fill_(20.0)
+    bottle = tokenizer.convert_tokens_to_ids("bottle")
+    column = copy_model.output_token_ids.tolist().index(bottle)
+    image = _images(5)[0]
+
+    def p_bottle(m, text: str, written: list[int]) -> float:
+        inputs = processor(images=image, text=text)
+        with torch.no_grad():
+            logits, cache = m.prefill(m.encode_image(inputs["pixel_values"]), inputs["input_ids"])
+            if written:
+                logits, cache = m.decode_step(torch.tensor([written]), cache)
+        return float(logits[0, column].exp())
+
+    assert p_bottle(free, "Instruction: pick up the", [bottle]) > 1e-3
+    assert p_bottle(prompt_only, "Instruction: pick up the", [bottle]) < 1e-6
+    assert p_bottle(prompt_only, "Instruction: pick up the bottle", []) > 1e-3
+
+
 def test_copy_head_survives_save_and_load(copy_model, processor, tmp_path):
     from transformers import AutoModelForImageTextToText
 

@@ -196,7 +196,7 @@ def test_soft_points_score_a_near_miss_coordinate_lower_than_a_far_one():
         def hidden_states(self, input_ids, image_features=None):
             return torch.zeros(1, 2, 1), None
 
-        def copy_source_for(self, h, input_ids):
+        def copy_source_for(self, h, input_ids, prompt=True):
             return None
 
         def output_logits(self, h, pointer_keys=None, copy_source=None):
@@ -424,6 +424,11 @@ def test_copy_words_warm_start_a_copy_head_that_starts_generating_and_exports(tm
     assert {"pick", "up", "the"} < set(tokens)
     assert not any(t.isdigit() or not t.removeprefix("##").isalpha() for t in tokens)
     assert set(model.config.copy_token_ids) < set(model.config.output_token_ids)
+    assert not model.config.copy_from_prompt_only
+    prompt_only = replace(cfg, steps=2, copy_from_prompt_only=True, copy_aux_detach=True)
+    train(prompt_only, tmp_path / "prompt")
+    model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "prompt" / "checkpoint")
+    assert model.config.copy_from_prompt_only  # the backends read it from the checkpoint
 
 
 def test_copy_supervision_tells_the_gate_which_words_are_in_the_text_and_the_attention_where():
@@ -444,7 +449,7 @@ def test_copy_supervision_tells_the_gate_which_words_are_in_the_text_and_the_att
         copy_token_ids=[5, 6, 7],
     )
     head = CopyHead(config).requires_grad_(False)
-    model = SimpleNamespace(copy=head, copy_source_for=lambda h, ids: head.source(h, ids))
+    model = SimpleNamespace(copy=head, copy_source_for=lambda h, ids, prompt=True: head.source(h, ids))
     ids = torch.tensor([[9, 5, 7, 6, 3]])  # 7 ("bottle") at position 2
     labels = torch.tensor([[-100, -100, -100, 7, 6]])  # label t is the token after position t
     labels[0, 4] = 11  # "yellow": not in the text
@@ -469,6 +474,55 @@ def test_copy_supervision_tells_the_gate_which_words_are_in_the_text_and_the_att
     assert supervised(2, -20.0)["copy_gate_acc"] == 0.5  # shut everywhere: right on "yellow" only
     batch.roles = torch.tensor([[-1, -1, -1, TEXT, 1]])  # the second target is now an action bin
     assert supervised(2, 20.0)["copy_gate_acc"] == 1.0
+
+
+def test_prompt_positions_end_at_the_first_labelled_position():
+    from rt2_cot.training import prompt_positions
+
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, -100, 8, 9]])
+    assert prompt_positions(labels).tolist() == [
+        [True, True, True, False, False],
+        [True, True, False, False, False],
+    ]
+
+
+@pytest.mark.parametrize("prompt_only", [False, True])
+def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
+    """A word that is only in the plan written so far is a copy target for a head that copies from
+    any earlier text, not for one that copies from the prompt only. Detached, the targets reach the
+    head's parameters and not the decoder's outputs."""
+    from types import MethodType, SimpleNamespace
+
+    from rt2_cot.data.dataset import TEXT
+    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
+    from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
+    from rt2_cot.training import copy_supervision
+
+    config = Rt2CotMiniConfig(
+        hidden_size=8,
+        num_attention_heads=2,
+        vocab_size=20,
+        output_token_ids=list(range(20)),
+        copy_token_ids=[5, 6, 7],
+        copy_from_prompt_only=prompt_only,
+    )
+    head = CopyHead(config)
+    with torch.no_grad():
+        head.gate.weight.zero_()
+        head.gate.bias.fill_(-4.0)  # shut
+    model = SimpleNamespace(copy=head, config=config)
+    model.copy_source_for = MethodType(Rt2CotMiniForConditionalGeneration.copy_source_for, model)
+    ids = torch.tensor([[9, 5, 3, 7, 3]])  # prompt "9 5 3"; then the model wrote 7 ("bottle") and 3
+    labels = torch.tensor([[-100, -100, 7, 3, 7]])  # ... and writes 7 again at the last position
+    batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, TEXT, TEXT, TEXT]]))
+    h = torch.randn(1, 5, 8, requires_grad=True)
+    loss, parts = copy_supervision(model, h, batch)
+    # Shut, the gate is right wherever the word is not in what it may copy from.
+    assert parts["copy_gate_acc"] == pytest.approx(1.0 if prompt_only else 2 / 3)
+    assert ("copy_attn_loss" in parts) != prompt_only  # the second 7 is in the text, not the prompt
+    loss, _ = copy_supervision(model, h, batch, detach=True)
+    loss.backward()
+    assert h.grad is None and head.gate.bias.grad is not None
 
 
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
