@@ -284,6 +284,11 @@ class PointerReadout(nn.Module):
         return (role[..., None] * bumps).sum(-2)
 
 
+def output_ids_of(config: Rt2CotMiniConfig) -> list[int]:
+    """The vocabulary ids the model writes, in output-column order (`output_token_ids`, or all)."""
+    return list(config.output_token_ids) or list(range(config.vocab_size))
+
+
 class CopyHead(nn.Module):
     """Words written by pointing at the text before them (a pointer-generator, See et al. 2017).
 
@@ -306,7 +311,7 @@ class CopyHead(nn.Module):
     @staticmethod
     def columns_for(config: Rt2CotMiniConfig) -> torch.Tensor:
         """Vocabulary id -> its output column if the word is copyable, else -1 (vocab_size,)."""
-        ids = config.output_token_ids or list(range(config.vocab_size))
+        ids = output_ids_of(config)
         position = {int(t): i for i, t in enumerate(ids)}
         column = torch.full((config.vocab_size,), -1, dtype=torch.long)
         for t in config.copy_token_ids:
@@ -445,7 +450,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         self.embed_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.embed_drop = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        ids = config.output_token_ids or list(range(config.vocab_size))
+        ids = output_ids_of(config)
         self.register_buffer("output_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.output_bias = nn.Parameter(torch.zeros(len(ids)))
         self.pointer = PointerReadout(config) if config.pointer_readout else None
@@ -470,7 +475,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         model.vision.load_imagenet_weights()  # not stored in the checkpoint (see _keys_to_ignore_on_save)
         model.vision.to(next(model.projector.parameters()).dtype)
         # Non-persistent buffers are not in the file; rebuild from the config.
-        ids = model.config.output_token_ids or list(range(model.config.vocab_size))
+        ids = output_ids_of(model.config)
         model.output_token_ids = torch.tensor(ids, dtype=torch.long)
         model._set_pointer_columns()
         if model.copy is not None:
@@ -481,7 +486,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         """`pointer_columns[b]`: the output column of the integer b (0..255), for the pointer's logits."""
         if self.pointer is None:
             return
-        ids = self.config.output_token_ids or list(range(self.config.vocab_size))
+        ids = output_ids_of(self.config)
         column = {int(t): i for i, t in enumerate(ids)}
         bin_ids = self.config.integer_token_ids
         if len(bin_ids) != 256 or any(t not in column for t in bin_ids):
