@@ -4,6 +4,7 @@ questions over the same frames, with frozen image features cached once per frame
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,41 @@ from rt2_cot.prompts import gripper_motion
 TEXT = -1
 _UNRECORDED = object()  # a frame that does not record the previous step's executed gripper command
 POINT = 8  # an image coordinate (0..255) in a grounded plan or a pointing answer: ordinal, like actions
+
+
+# Class words a renamed object may take (`RobotData.sample(rename=...)`): the seen kinds and nouns no
+# scene holds. Never a held-out kind (bottle, lemon, pear): those are the unseen-object evaluation's.
+RENAME_WORDS = (
+    "block",
+    "ball",
+    "can",
+    "apple",
+    "orange",
+    "banana",
+    "rock",
+    "cup",
+    "box",
+    "toy",
+    "jar",
+    "mug",
+)
+
+
+def rename_object(instruction: str, plan: str, new_class: str) -> tuple[str, str] | None:
+    """The first object the plan locates ("move the red can at 94 104 ..."), its class word replaced
+    by `new_class` ("the red cup at 94 104") in the plan and wherever the instruction names it.
+    None if the plan locates no object (a tile, the gripper) first, or the object is of that class."""
+    from robot_io.sim.scene import KINDS, all_object_names
+
+    objects = set(all_object_names(include_heldout=True))
+    first = next((m.group(1) for m in re.finditer(r"\bthe ([a-z ]+?) at \d+ \d+", plan)), None)
+    if first not in objects or first.split()[-1] == new_class:
+        return None
+    renamed = " ".join([*first.split()[:-1], new_class])
+    # Whole names only: "orange" the fruit, not the colour of "the orange block".
+    classes = "|".join(re.escape(k) for k in KINDS)
+    name = re.compile(rf"(?<![a-z]){re.escape(first)}(?! (?:{classes})\b)(?![a-z])")
+    return name.sub(renamed, instruction), name.sub(renamed, plan)
 
 
 @dataclass
@@ -296,11 +332,19 @@ class RobotData:
         return self._phrasings[key]
 
     def robot_example(
-        self, frame: int, plain: bool, plan_age: int = 0, instruction: str | None = None
+        self,
+        frame: int,
+        plain: bool,
+        plan_age: int = 0,
+        instruction: str | None = None,
+        rename: str | None = None,
     ) -> Example:
         """`plan_age` > 0: the plan written that many steps earlier in the episode (as plan reuse feeds
         it at inference), with this frame's image and action. `instruction`: another phrasing of the
-        frame's task to prompt with (instruction augmentation); the plan and action stay the frame's."""
+        frame's task to prompt with (instruction augmentation); the plan and action stay the frame's.
+        `rename`: the plan's object is called by this class word in the instruction and the plan
+        (`rename_object`), and the plan is given: only the action is learned, from where the plan
+        points and not from what it calls the object (left as it is where the plan locates none)."""
         f = self.frames[frame]
         if instruction is not None:
             f = {**f, "instruction": instruction}
@@ -308,6 +352,9 @@ class RobotData:
         while plan_age > 0 and earlier > 0 and self.frames[earlier - 1]["episode"] == f["episode"]:
             earlier, plan_age = earlier - 1, plan_age - 1
         plan = self.frames[earlier]["plan"]
+        if rename is not None and not plain and (renamed := rename_object(f["instruction"], plan, rename)):
+            f, plan = {**f, "instruction": renamed[0]}, renamed[1]
+            earlier = -1  # given, as a reused plan is
         gripper = f["gripper"] if self.gripper_state else None
         position = f["position"] if self.position_state else None
         motion = gripper_motion(gripper, f["gripper_command"]) if self.gripper_motion else None
@@ -357,11 +404,15 @@ class RobotData:
         max_plan_age: int = 4,
         mix: list[float] | None = None,
         rephrase: float = 0.0,
+        rename: float = 0.0,
+        rename_words: tuple[str, ...] = RENAME_WORDS,
     ) -> Batch:
         """`mix`: the share of robot examples drawn from each data folder (in the order given); None
         draws uniformly over all frames, so folders weigh by their frame counts. `rephrase`: the share
         of robot examples prompted with a training phrasing of their task drawn at random (any of
-        `phrasings`, the frame's own included) instead of the instruction the episode was written with."""
+        `phrasings`, the frame's own included) instead of the instruction the episode was written with.
+        `rename`: the share of chain-of-thought robot examples whose object is renamed to one of
+        `rename_words`, with the plan given (`robot_example(rename=...)`)."""
         examples = []
         groups = self._frames_by_folder() if mix else None
         if groups is not None:
@@ -380,12 +431,13 @@ class RobotData:
                 if rephrase and rng.random() < rephrase:
                     options = self.phrasings(frame)
                     instruction = options[int(rng.integers(len(options)))]
+                plain = bool(rng.random() < plain_fraction)
+                new_name = None
+                if rename and not plain and rng.random() < rename:
+                    new_name = rename_words[int(rng.integers(len(rename_words)))]
                 examples.append(
                     self.robot_example(
-                        frame,
-                        plain=bool(rng.random() < plain_fraction),
-                        plan_age=age,
-                        instruction=instruction,
+                        frame, plain=plain, plan_age=age, instruction=instruction, rename=new_name
                     )
                 )
         return self.collate(examples)

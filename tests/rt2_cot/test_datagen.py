@@ -512,3 +512,69 @@ def test_datagen_cli_rejects_a_question_split_that_is_not_held_out(tmp_path):
     )
     assert result.returncode != 0 and "--question-split must be one of" in result.stderr
     assert "heldout_objects" in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_rename_object_renames_the_plans_object_wherever_the_instruction_names_it():
+    from rt2_cot.data.dataset import rename_object
+
+    assert rename_object(
+        "move the red can onto the number four",
+        "place the red can at 94 104 on the number 4 at 103 157",
+        "cup",
+    ) == ("move the red cup onto the number four", "place the red cup at 94 104 on the number 4 at 103 157")
+    # "orange" the fruit is renamed, the colour of "the orange block" is not.
+    assert rename_object(
+        "bring the orange close to the orange block",
+        "move the orange at 90 80 near the orange block at 9 8",
+        "box",
+    ) == ("bring the box close to the orange block", "move the box at 90 80 near the orange block at 9 8")
+    # An instruction that does not name the object keeps its words; the plan still renames it.
+    assert rename_object("I am thirsty", "pick up the blue can at 1 2", "mug") == (
+        "I am thirsty",
+        "pick up the blue mug at 1 2",
+    )
+    assert rename_object("grab the white can", "pick up the white can at 1 2", "can") is None  # same class
+    assert rename_object("go", "move to the gripper at 1 2", "cup") is None  # not an object
+
+
+def test_renamed_examples_give_the_plan_and_learn_only_the_action(generated):
+    """`rename`: the object's new name in the instruction and the given plan (prompt), the action alone
+    as target; with no renaming asked, sampling draws exactly the examples it drew before."""
+    from rt2_cot.data.dataset import RobotData
+    from rt2_cot.model import load_tokenizer
+
+    out, _ = generated
+    tok = load_tokenizer()
+    data = RobotData([out], tok, grounded=True, point_roles=True)
+    frame = next(
+        int(i) for i in data.robot_frames if rename_target(data.frames[int(i)]["plan"]) not in (None, "cup")
+    )
+    plan = data.frames[frame]["plan"]
+    example = data.robot_example(frame, plain=False, rename="cup")
+    prompt, target = tok.decode(example.prompt), tok.decode(example.target)
+    renamed = plan.replace(rename_target(plan), " ".join([*rename_target(plan).split()[:-1], "cup"]), 1)
+    assert f"plan : {renamed.lower()}" in prompt and prompt.endswith("action :"), (prompt, plan)
+    assert len(example.target) == 9 and target.split()[:8] == [str(a) for a in data.frames[frame]["action"]]
+    assert (
+        data.robot_example(frame, plain=True, rename="cup").target
+        == data.robot_example(frame, plain=True).target
+    )
+
+    data.collate = lambda examples: examples  # which examples are drawn, not their features
+    drawn = [
+        data.sample(np.random.default_rng(7), 16, vl_fraction=0.25, plain_fraction=0.1) for _ in range(2)
+    ]
+    same = data.sample(np.random.default_rng(7), 16, vl_fraction=0.25, plain_fraction=0.1, rename=0.0)
+    assert [e.prompt for e in same] == [e.prompt for e in drawn[0]] == [e.prompt for e in drawn[1]]
+    renamed_all = data.sample(
+        np.random.default_rng(7), 16, vl_fraction=0.0, plain_fraction=0.0, rename=1.0, rename_words=("cup",)
+    )
+    # Every plan here locates an object first, none a cup: all renamed, all given.
+    assert all(len(e.target) == 9 and " cup at " in tok.decode(e.prompt) for e in renamed_all)
+
+
+def rename_target(plan: str) -> str | None:
+    import re
+
+    match = re.search(r"\bthe ([a-z ]+?) at \d+ \d+", plan)
+    return match.group(1) if match else None

@@ -590,3 +590,19 @@ def test_instruction_augment_rephrases_the_prompt_and_keeps_plan_and_action(tmp_
     (tmp_path / "bad.yaml").write_text("instruction_augment: 1.5\n")
     with pytest.raises(ConfigError, match="instruction_augment"):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("grounded_plan: true\nrename_fraction: 0.2\nrename_words: [cup, bottle]\n", "held-out kind"),
+        ("grounded_plan: true\nrename_fraction: 0.2\nrename_words: []\n", "non-empty"),
+        ("grounded_plan: false\nrename_fraction: 0.2\n", "grounded plans"),
+        ("grounded_plan: true\nrename_fraction: 2\n", "0..1"),
+    ],
+)
+def test_renamed_objects_never_take_a_held_out_name(tmp_path, text, match):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    assert TrainConfig.from_yaml(REPO / "configs" / "copy_prompt.yaml").rename_fraction == 0.0
