@@ -425,7 +425,7 @@ def test_copy_words_warm_start_a_copy_head_that_starts_generating_and_exports(tm
     assert not any(t.isdigit() or not t.removeprefix("##").isalpha() for t in tokens)
     assert set(model.config.copy_token_ids) < set(model.config.output_token_ids)
     assert not model.config.copy_from_prompt_only
-    prompt_only = replace(cfg, steps=2, copy_from_prompt_only=True, copy_aux_detach=True)
+    prompt_only = replace(cfg, steps=2, copy_from_prompt_only=True, copy_attention_detach=True)
     train(prompt_only, tmp_path / "prompt")
     model = Rt2CotMiniForConditionalGeneration.from_pretrained(tmp_path / "prompt" / "checkpoint")
     assert model.config.copy_from_prompt_only  # the backends read it from the checkpoint
@@ -489,8 +489,8 @@ def test_prompt_positions_end_at_the_first_labelled_position():
 @pytest.mark.parametrize("prompt_only", [False, True])
 def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
     """A word that is only in the plan written so far is a copy target for a head that copies from
-    any earlier text, not for one that copies from the prompt only. Detached, the targets reach the
-    head's parameters and not the decoder's outputs."""
+    any earlier text, not for one that copies from the prompt only. `detach_attention`: the
+    attention's targets do not reach the decoder's outputs, the gate's do."""
     from types import MethodType, SimpleNamespace
 
     from rt2_cot.data.dataset import TEXT
@@ -516,13 +516,22 @@ def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
     labels = torch.tensor([[-100, -100, 7, 3, 7]])  # ... and writes 7 again at the last position
     batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, TEXT, TEXT, TEXT]]))
     h = torch.randn(1, 5, 8, requires_grad=True)
-    loss, parts = copy_supervision(model, h, batch)
+    _, parts = copy_supervision(model, h, batch)
     # Shut, the gate is right wherever the word is not in what it may copy from.
     assert parts["copy_gate_acc"] == pytest.approx(1.0 if prompt_only else 2 / 3)
     assert ("copy_attn_loss" in parts) != prompt_only  # the second 7 is in the text, not the prompt
-    loss, _ = copy_supervision(model, h, batch, detach=True)
-    loss.backward()
-    assert h.grad is None and head.gate.bias.grad is not None
+
+    def grad_of_h(detach_attention: bool) -> float:
+        h.grad = None
+        copy_supervision(model, h, batch, detach_attention=detach_attention)[0].backward()
+        return float(h.grad.abs().sum())
+
+    # The gate's weight is 0 (it reads nothing from h): only the attention's loss could reach h.
+    assert grad_of_h(detach_attention=True) == 0.0
+    assert (grad_of_h(detach_attention=False) > 0) != prompt_only  # prompt only: no attention target
+    with torch.no_grad():
+        head.gate.weight.normal_()
+    assert grad_of_h(detach_attention=True) > 0  # the gate's loss reaches the decoder's outputs
 
 
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
