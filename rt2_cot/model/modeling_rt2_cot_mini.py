@@ -659,6 +659,8 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
         """transformers-style forward: full-vocabulary logits (tokens the model never emits get -1e4).
 
         `labels` (B, T) aligned with `input_ids`, -100 = ignored; the usual next-token shift applies.
+        A copy head copying from the prompt only takes the first pass of a cache as the prompt, and all
+        of `input_ids` without a cache (training marks its prompts: `training.prompt_positions`).
         """
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         if use_cache and past_key_values is None:
