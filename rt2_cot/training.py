@@ -97,6 +97,10 @@ class TrainConfig:
     # ... copying from the prompt only (Rt2CotMiniConfig.copy_from_prompt_only): session 20's copy
     # head also pointed at the plan it was writing and looped in 44 of 722 episodes.
     copy_from_prompt_only: bool = False
+    # ... each prompt word at most once (Rt2CotMiniConfig.copy_each_word_once; needs the above): a
+    # word already written is no copy target again, in training as in decoding. Session 21: copying
+    # from the prompt still looped on one word ("place on on on ..." for "a snack that grows on trees").
+    copy_each_word_once: bool = False
     # The cot prompt states the gripper's opening ("Instruction: ... Gripper: 50"), as datagen
     # records it (`rt2-cot datagen --add-state` for older shards); written into the checkpoint so
     # that every backend states it too.
@@ -575,6 +579,7 @@ def build_model(cfg: TrainConfig, output_ids: list[int], pointer_names: list[str
         pointer_names=pointer_names if cfg.pointer_names else None,
         copy_token_ids=copyable_token_ids(load_tokenizer(), output_ids) if cfg.copy_words else None,
         copy_from_prompt_only=cfg.copy_from_prompt_only,
+        copy_each_word_once=cfg.copy_each_word_once,
         output_token_ids=output_ids,
         hidden_dropout=cfg.hidden_dropout,
     )

@@ -554,11 +554,14 @@ class BuiltinBackend:
                     self._draft.pop(next(iter(self._draft)))
 
     def _copy_rows(self, ids: list[int], written_from: int | None) -> torch.Tensor:
-        """The copy head's source rows (1, T) for these tokens: each word's plan row, -1 for what it
-        may not copy (not a word; or, with `copy_from_prompt_only`, text written from `written_from` on)."""
+        """The copy head's source rows (1, T) for these tokens: each word's plan row, or what it may not
+        copy (not a word: -1; with `copy_from_prompt_only`, text written from `written_from` on:
+        `written_columns`)."""
+        from rt2_cot.model.modeling_rt2_cot_mini import written_columns
+
         rows = self.copy_rows[torch.tensor([ids], dtype=torch.long)]
         if written_from is not None and self.model.config.copy_from_prompt_only:
-            rows[:, written_from:] = -1
+            rows = written_columns(rows, torch.arange(len(ids))[None] < written_from)
         return rows
 
     def _guess(self, source: list[int], generated: list[int], state, limit: int = 16) -> list[int]:

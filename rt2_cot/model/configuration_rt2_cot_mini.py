@@ -95,6 +95,10 @@ class Rt2CotMiniConfig(PretrainedConfig):
         # text the model writes after it. Session 20: copying from the plan being written looped in
         # 44 of 722 episodes ("on on on ...", "pick plan : pick plan : ...").
         copy_from_prompt_only: bool = False,
+        # ... and each prompt word at most once: a word already written is never copied again (it may
+        # still be generated). Session 21: prompt-only copying still looped on one prompt word ("a
+        # snack that grows on trees" -> "place on on on ...", "near the lemon ... near the lemon").
+        copy_each_word_once: bool = False,
         # -- prompt ---------------------------------------------------------------------------
         # Trained with the arm's gripper opening stated after the instruction ("Gripper: 50",
         # prompts/templates.yaml `state`): backends then state it too. At 128 px from the front a
@@ -145,6 +149,11 @@ class Rt2CotMiniConfig(PretrainedConfig):
         if set(self.copy_token_ids) & set(self.integer_token_ids):
             raise ValueError("copy_token_ids are words: integers (actions, points) are never copied")
         self.copy_from_prompt_only = bool(copy_from_prompt_only)
+        self.copy_each_word_once = bool(copy_each_word_once)
+        if self.copy_each_word_once and not self.copy_from_prompt_only:
+            raise ValueError(
+                "copy_each_word_once counts the words written after the prompt: set copy_from_prompt_only"
+            )
         self.gripper_in_prompt = bool(gripper_in_prompt)
         self.gripper_motion_in_prompt = bool(gripper_motion_in_prompt)
         self.position_in_prompt = bool(position_in_prompt)

@@ -289,6 +289,14 @@ def output_ids_of(config: Rt2CotMiniConfig) -> list[int]:
     return list(config.output_token_ids) or list(range(config.vocab_size))
 
 
+def written_columns(columns: torch.Tensor, prompt: bool | torch.Tensor) -> torch.Tensor:
+    """Copy-source columns (B, T) with the positions that are not the prompt (`prompt`: a bool for
+    all, or (B, T)) made uncopyable: a written word's column c becomes -2 - c (CopyHead.attention
+    reads it back for `copy_each_word_once`), anything else written -1."""
+    prompt = torch.as_tensor(prompt, device=columns.device).expand_as(columns)
+    return torch.where(prompt | (columns < 0), columns, -2 - columns)
+
+
 class CopyHead(nn.Module):
     """Words written by pointing at the text before them (a pointer-generator, See et al. 2017).
 
@@ -307,6 +315,8 @@ class CopyHead(nn.Module):
         self.key = nn.Linear(d, d)
         self.gate = nn.Linear(d, 1)
         self.register_buffer("columns", self.columns_for(config), persistent=False)
+        self.each_word_once = config.copy_each_word_once
+        self.num_columns = len(output_ids_of(config))
 
     @staticmethod
     def columns_for(config: Rt2CotMiniConfig) -> torch.Tensor:
@@ -333,7 +343,11 @@ class CopyHead(nn.Module):
 
     def attention(self, hidden: torch.Tensor, source: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden (B, T, d) at the last T of the source's S positions -> how much each looks at each
-        source position (B, T, S; rows with nothing to copy are all zero), and which it may (bool)."""
+        source position (B, T, S; rows with nothing to copy are all zero), and which it may (bool).
+
+        The source's columns: a copyable word's output column (>= 0); -1 for what cannot be copied;
+        -2 - column for a word written after the prompt (`written_columns`), which with
+        `copy_each_word_once` blocks that word's prompt positions from then on."""
         keys, columns = source
         t, s = hidden.shape[1], keys.shape[1]
         q = self.query(hidden)
@@ -341,6 +355,12 @@ class CopyHead(nn.Module):
         positions = torch.arange(s, device=keys.device)
         causal = positions[None, :] <= positions[s - t :, None]
         usable = causal[None] & (columns >= 0)[:, None, :]
+        if self.each_word_once:
+            written = -2 - columns  # (B, S): the column a written word holds, < 0 elsewhere
+            onehot = F.one_hot(written.clamp_min(0), self.num_columns) * (written >= 0)[..., None]
+            used = onehot.cummax(dim=1).values[:, s - t :]  # (B, T, V_out): written through each query
+            blocked = used.gather(-1, columns.clamp_min(0)[:, None, :].expand(-1, t, -1)).bool()
+            usable = usable & ~blocked
         return torch.softmax(scores.masked_fill(~usable, _NEVER), dim=-1) * usable, usable
 
     def gate_of(self, hidden: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -559,10 +579,7 @@ class Rt2CotMiniForConditionalGeneration(Rt2CotMiniPreTrainedModel, GenerationMi
             return None
         keys, columns = self.copy.source(hidden, input_ids)
         if self.config.copy_from_prompt_only:
-            if isinstance(prompt, torch.Tensor):
-                columns = columns.masked_fill(~prompt, -1)
-            elif not prompt:
-                columns = torch.full_like(columns, -1)
+            columns = written_columns(columns, prompt)
         past = getattr(cache, "copy_source", None) if cache is not None else None
         if past is not None:
             keys, columns = torch.cat([past[0], keys], dim=1), torch.cat([past[1], columns], dim=1)

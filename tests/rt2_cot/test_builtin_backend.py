@@ -54,14 +54,22 @@ WORDS = [
         (8, True, True, False),
         (8, True, True, True),
         (8, True, True, "prompt"),
+        (8, True, True, "once"),
     ],
-    ids=["grid4", "grid8-stride8", "grid8-pointer", "grid8-pointer-copy", "grid8-pointer-copy-prompt"],
+    ids=[
+        "grid4",
+        "grid8-stride8",
+        "grid8-pointer",
+        "grid8-pointer-copy",
+        "grid8-pointer-copy-prompt",
+        "grid8-pointer-copy-once",
+    ],
 )
 def checkpoint(request, tmp_path_factory):
     """A random rt2-cot-mini with a realistic output vocabulary, saved like the real checkpoint, in
     both image-prefix layouts (16 tokens from two maps; 64 tokens from three), with the pointer
-    readout on the integers, and with a copy head on the words (from any earlier text, or from the
-    prompt only)."""
+    readout on the integers, and with a copy head on the words (from any earlier text, from the
+    prompt only, or each prompt word at most once)."""
     torch.manual_seed(0)
     tok = rt2_model.load_tokenizer()
     integers = tok.convert_tokens_to_ids([str(i) for i in range(256)])
@@ -75,7 +83,8 @@ def checkpoint(request, tmp_path_factory):
             pointer_readout=pointer,
             integer_token_ids=integers if pointer else None,
             copy_token_ids=tok.convert_tokens_to_ids(WORDS[:-2]) if copy else None,
-            copy_from_prompt_only=copy == "prompt",
+            copy_from_prompt_only=copy in ("prompt", "once"),
+            copy_each_word_once=copy == "once",
         )
     ).eval()
     model.load_pretrained_parts()

@@ -239,6 +239,15 @@ def test_copy_from_prompt_only_never_copies_a_word_the_model_wrote(copy_model, p
     assert p_bottle(free, "Instruction: pick up the", [bottle]) > 1e-3
     assert p_bottle(prompt_only, "Instruction: pick up the", [bottle]) < 1e-6
     assert p_bottle(prompt_only, "Instruction: pick up the bottle", []) > 1e-3
+    # `copy_each_word_once`: the prompt's "bottle" is copied until the model has written it.
+    once = copy.deepcopy(prompt_only)
+    once.config.copy_each_word_once = True
+    once.copy.each_word_once = True
+    assert p_bottle(once, "Instruction: pick up the bottle", []) > 1e-3
+    assert p_bottle(prompt_only, "Instruction: pick up the bottle", [bottle]) > 1e-3
+    assert p_bottle(once, "Instruction: pick up the bottle", [bottle]) < 1e-6
+    with pytest.raises(ValueError, match="copy_from_prompt_only"):
+        Rt2CotMiniConfig(copy_token_ids=[7], output_token_ids=list(range(10)), copy_each_word_once=True)
 
 
 def test_copy_head_survives_save_and_load(copy_model, processor, tmp_path):

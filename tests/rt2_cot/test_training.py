@@ -534,6 +534,40 @@ def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
     assert grad_of_h(detach_attention=True) > 0  # the gate's loss reaches the decoder's outputs
 
 
+def test_copy_each_word_once_leaves_a_written_word_no_copy_target():
+    """ "7" is in the prompt: the plan's first 7 is a copy target, its second (7 already written) not."""
+    from types import MethodType, SimpleNamespace
+
+    from rt2_cot.data.dataset import TEXT
+    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
+    from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
+    from rt2_cot.training import copy_supervision
+
+    ids = torch.tensor([[9, 7, 5, 7, 3]])  # prompt "9 7 5"; then the model wrote 7 and 3
+    labels = torch.tensor([[-100, -100, 7, 3, 7]])
+    batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, TEXT, TEXT, TEXT]]))
+    targets = {}
+    for once in (False, True):
+        config = Rt2CotMiniConfig(
+            hidden_size=8,
+            num_attention_heads=2,
+            vocab_size=20,
+            output_token_ids=list(range(20)),
+            copy_token_ids=[5, 6, 7],
+            copy_from_prompt_only=True,
+            copy_each_word_once=once,
+        )
+        head = CopyHead(config)
+        with torch.no_grad():
+            head.gate.weight.zero_()
+            head.gate.bias.fill_(4.0)  # open: right wherever the word is a copy target
+        model = SimpleNamespace(copy=head, config=config)
+        model.copy_source_for = MethodType(Rt2CotMiniForConditionalGeneration.copy_source_for, model)
+        targets[once] = copy_supervision(model, torch.randn(1, 5, 8), batch)[1]["copy_gate_acc"]
+    assert targets[False] == pytest.approx(2 / 3)  # both 7s are targets, 3 is not
+    assert targets[True] == pytest.approx(1 / 3)  # only the first 7
+
+
 def test_data_mix_draws_robot_examples_from_each_folder_in_its_share(tmp_path):
     """`data_mix`: a folder with few frames still gets its share of the robot examples."""
     import numpy as np
