@@ -486,17 +486,13 @@ def test_prompt_positions_end_at_the_first_labelled_position():
     ]
 
 
-@pytest.mark.parametrize("prompt_only", [False, True])
-def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
-    """A word that is only in the plan written so far is a copy target for a head that copies from
-    any earlier text, not for one that copies from the prompt only. `detach_attention`: the
-    attention's targets do not reach the decoder's outputs, the gate's do."""
+def tiny_copy_model(gate_bias: float, **copy_options):
+    """A copy head over a 20-word vocabulary (5, 6 and 7 copyable) on 8-wide decoder outputs, its
+    gate a constant sigmoid(gate_bias), wrapped with the model's own `copy_source_for`."""
     from types import MethodType, SimpleNamespace
 
-    from rt2_cot.data.dataset import TEXT
     from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
     from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
-    from rt2_cot.training import copy_supervision
 
     config = Rt2CotMiniConfig(
         hidden_size=8,
@@ -504,14 +500,29 @@ def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
         vocab_size=20,
         output_token_ids=list(range(20)),
         copy_token_ids=[5, 6, 7],
-        copy_from_prompt_only=prompt_only,
+        **copy_options,
     )
     head = CopyHead(config)
     with torch.no_grad():
         head.gate.weight.zero_()
-        head.gate.bias.fill_(-4.0)  # shut
+        head.gate.bias.fill_(gate_bias)
     model = SimpleNamespace(copy=head, config=config)
     model.copy_source_for = MethodType(Rt2CotMiniForConditionalGeneration.copy_source_for, model)
+    return model
+
+
+@pytest.mark.parametrize("prompt_only", [False, True])
+def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
+    """A word that is only in the plan written so far is a copy target for a head that copies from
+    any earlier text, not for one that copies from the prompt only. `detach_attention`: the
+    attention's targets do not reach the decoder's outputs, the gate's do."""
+    from types import SimpleNamespace
+
+    from rt2_cot.data.dataset import TEXT
+    from rt2_cot.training import copy_supervision
+
+    model = tiny_copy_model(-4.0, copy_from_prompt_only=prompt_only)  # the gate shut
+    head = model.copy
     ids = torch.tensor([[9, 5, 3, 7, 3]])  # prompt "9 5 3"; then the model wrote 7 ("bottle") and 3
     labels = torch.tensor([[-100, -100, 7, 3, 7]])  # ... and writes 7 again at the last position
     batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, TEXT, TEXT, TEXT]]))
@@ -536,11 +547,9 @@ def test_copy_supervision_from_the_prompt_only_and_detached(prompt_only):
 
 def test_copy_each_word_once_leaves_a_written_word_no_copy_target():
     """ "7" is in the prompt: the plan's first 7 is a copy target, its second (7 already written) not."""
-    from types import MethodType, SimpleNamespace
+    from types import SimpleNamespace
 
     from rt2_cot.data.dataset import TEXT
-    from rt2_cot.model import Rt2CotMiniConfig, Rt2CotMiniForConditionalGeneration
-    from rt2_cot.model.modeling_rt2_cot_mini import CopyHead
     from rt2_cot.training import copy_supervision
 
     ids = torch.tensor([[9, 7, 5, 7, 3]])  # prompt "9 7 5"; then the model wrote 7 and 3
@@ -548,21 +557,8 @@ def test_copy_each_word_once_leaves_a_written_word_no_copy_target():
     batch = SimpleNamespace(input_ids=ids, labels=labels, roles=torch.tensor([[-1, -1, TEXT, TEXT, TEXT]]))
     targets = {}
     for once in (False, True):
-        config = Rt2CotMiniConfig(
-            hidden_size=8,
-            num_attention_heads=2,
-            vocab_size=20,
-            output_token_ids=list(range(20)),
-            copy_token_ids=[5, 6, 7],
-            copy_from_prompt_only=True,
-            copy_each_word_once=once,
-        )
-        head = CopyHead(config)
-        with torch.no_grad():
-            head.gate.weight.zero_()
-            head.gate.bias.fill_(4.0)  # open: right wherever the word is a copy target
-        model = SimpleNamespace(copy=head, config=config)
-        model.copy_source_for = MethodType(Rt2CotMiniForConditionalGeneration.copy_source_for, model)
+        # The gate open: right wherever the word is a copy target.
+        model = tiny_copy_model(4.0, copy_from_prompt_only=True, copy_each_word_once=once)
         targets[once] = copy_supervision(model, torch.randn(1, 5, 8), batch)[1]["copy_gate_acc"]
     assert targets[False] == pytest.approx(2 / 3)  # both 7s are targets, 3 is not
     assert targets[True] == pytest.approx(1 / 3)  # only the first 7
